@@ -1,0 +1,14 @@
+"""Workflow-aware two-tier radix prefix cache over KV pages (pure Python + torch-free core)."""
+
+from .node import RadixNode
+from .policy import EvictionPolicy, available_policies, get_policy, register_policy
+from .pool import PagePool, PoolExhausted
+from .radix import InsertResult, MatchResult, RadixTree
+from .tiered import CacheStats, RadixCache
+from .transfer import CountingTransfer, KVTransfer
+
+__all__ = [
+    "RadixNode", "EvictionPolicy", "available_policies", "get_policy", "register_policy",
+    "PagePool", "PoolExhausted", "InsertResult", "MatchResult", "RadixTree", "CacheStats",
+    "RadixCache", "CountingTransfer", "KVTransfer",
+]

@@ -1,0 +1,87 @@
+"""Radix tree node: a run of whole pages with its device and/or host page ids and annotations."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+_ids = itertools.count()
+
+
+class RadixNode:
+    """One edge of the radix tree.
+
+    ``key`` holds ``len(key) == num_pages * page_size`` token ids. ``device_pages`` /
+    ``host_pages`` hold one page id per page of the key, or ``None`` when the node has no copy
+    in that tier (every non-root node has at least one). ``agents`` are the agents whose
+    requests passed through this node; since a request passes through every ancestor of the
+    nodes it touches, an ancestor's agent set contains its descendants' agents.
+    """
+
+    __slots__ = (
+        "id", "key", "parent", "children", "device_pages", "host_pages", "lock_ref",
+        "agents", "last_access", "hit_count", "loading",
+    )
+
+    def __init__(self, key: list[int], parent: Optional["RadixNode"]) -> None:
+        self.id = next(_ids)
+        self.key = key
+        self.parent = parent
+        self.children: dict[tuple[int, ...], RadixNode] = {}
+        self.device_pages: list[int] | None = None
+        self.host_pages: list[int] | None = None
+        self.lock_ref = 0
+        self.agents: set[str] = set()
+        self.last_access = 0.0
+        self.hit_count = 0
+        self.loading: object | None = None
+
+    @property
+    def on_device(self) -> bool:
+        return self.device_pages is not None
+
+    @property
+    def on_host(self) -> bool:
+        return self.host_pages is not None
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+    def num_pages(self, page_size: int) -> int:
+        return len(self.key) // page_size
+
+    def is_device_leaf(self) -> bool:
+        """On device and no child on device: the only device nodes that may be evicted."""
+        if self.device_pages is None:
+            return False
+        for child in self.children.values():
+            if child.device_pages is not None:
+                return False
+        return True
+
+    def path_tokens(self) -> list[int]:
+        """All token ids from the root through the end of this node."""
+        parts: list[list[int]] = []
+        node: RadixNode | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.key)
+            node = node.parent
+        out: list[int] = []
+        for part in reversed(parts):
+            out.extend(part)
+        return out
+
+    def depth_tokens(self) -> int:
+        n, node = 0, self
+        while node.parent is not None:
+            n += len(node.key)
+            node = node.parent
+        return n
+
+    def __lt__(self, other: "RadixNode") -> bool:
+        return self.id < other.id
+
+    def __repr__(self) -> str:
+        tiers = ("D" if self.on_device else "") + ("H" if self.on_host else "")
+        return f"RadixNode(id={self.id}, tokens={len(self.key)}, {tiers or '-'}, lock={self.lock_ref})"

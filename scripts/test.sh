@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up what the test suite needs on a fresh CPU machine, then runs it.
+# On CPU machines torch is pinned to the CPU build (2.13.0) before anything else can pull CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install -q torch==2.13.0
+fi
+"$PY" -m pip install -q -e ".[dev]"
+exec "$PY" -m pytest -q "$@"
