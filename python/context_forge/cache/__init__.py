@@ -1,6 +1,6 @@
 """Workflow-aware two-tier radix prefix cache over KV pages (pure Python + torch-free core)."""
 
-from .node import RadixNode
+from .node import LoadTicket, RadixNode
 from .policy import EvictionPolicy, available_policies, get_policy, register_policy
 from .pool import PagePool, PoolExhausted
 from .radix import InsertResult, MatchResult, RadixTree
@@ -8,7 +8,7 @@ from .tiered import CacheStats, RadixCache
 from .transfer import CountingTransfer, KVTransfer
 
 __all__ = [
-    "RadixNode", "EvictionPolicy", "available_policies", "get_policy", "register_policy",
+    "RadixNode", "LoadTicket", "EvictionPolicy", "available_policies", "get_policy", "register_policy",
     "PagePool", "PoolExhausted", "InsertResult", "MatchResult", "RadixTree", "CacheStats",
     "RadixCache", "CountingTransfer", "KVTransfer",
 ]

@@ -8,6 +8,22 @@ from typing import Optional
 _ids = itertools.count()
 
 
+class LoadTicket:
+    """An in-flight host->device load, shared by the nodes it fills.
+
+    A node split while loading shares the ticket with its new upper half, so marking the ticket
+    done releases both. ``ready_at`` is an estimated completion time (the simulator's clock);
+    ``event`` is whatever a real loader waits on (e.g. a device event).
+    """
+
+    __slots__ = ("done", "ready_at", "event")
+
+    def __init__(self, ready_at: float = 0.0, event: object | None = None) -> None:
+        self.done = False
+        self.ready_at = ready_at
+        self.event = event
+
+
 class RadixNode:
     """One edge of the radix tree.
 
@@ -34,7 +50,7 @@ class RadixNode:
         self.agents: set[str] = set()
         self.last_access = 0.0
         self.hit_count = 0
-        self.loading: object | None = None
+        self.loading: LoadTicket | None = None
 
     @property
     def on_device(self) -> bool:
@@ -43,6 +59,10 @@ class RadixNode:
     @property
     def on_host(self) -> bool:
         return self.host_pages is not None
+
+    @property
+    def is_loading(self) -> bool:
+        return self.loading is not None and not self.loading.done
 
     @property
     def is_root(self) -> bool:

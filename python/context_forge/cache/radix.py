@@ -138,6 +138,7 @@ class RadixTree:
         upper.children[self._first_page(node.key, 0)] = node
         node.parent = upper
         self.num_nodes += 1
+        self._on_split(node)
         return upper
 
     # ---------------------------------------------------------------- public API
@@ -267,4 +268,7 @@ class RadixTree:
         pass
 
     def _on_unlock(self, nodes: list[RadixNode]) -> None:
+        pass
+
+    def _on_split(self, lower: RadixNode) -> None:
         pass

@@ -8,8 +8,8 @@ host-only leaves and never drops a page that is still on the device.
 
 Victims come from two heaps (device, host) of ``(key, seq, node)`` with lazy validation: a popped
 entry whose node is no longer a candidate is skipped; one whose key changed is pushed back with
-the current key. Keys change only on access, on structural change, and when an agent's priority
-changes; the cache re-queues the affected nodes at those moments, so every live candidate always
+the current key. Keys change only on access, on structural change (insert, split, eviction of a child), and
+when an agent's priority changes; the cache re-queues the affected nodes at those moments, so every live candidate always
 has an entry whose key is no larger than its current key and the heap's minimum is exact.
 """
 
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from .node import RadixNode
+from .node import LoadTicket, RadixNode
 from .policy import EvictionPolicy, LRUPolicy
 from .pool import PagePool
 from .radix import RadixTree
@@ -76,10 +76,10 @@ class RadixCache(RadixTree):
         return parent is not None and parent.children.get(self._first_page(node.key, 0)) is node
 
     def _device_candidate(self, node: RadixNode) -> bool:
-        return node.lock_ref == 0 and node.loading is None and node.is_device_leaf() and self._alive(node)
+        return node.lock_ref == 0 and not node.is_loading and node.is_device_leaf() and self._alive(node)
 
     def _host_candidate(self, node: RadixNode) -> bool:
-        return (node.lock_ref == 0 and node.loading is None and node.device_pages is None
+        return (node.lock_ref == 0 and not node.is_loading and node.device_pages is None
                 and not node.children and self._alive(node))
 
     def _push(self, node: RadixNode) -> None:
@@ -143,6 +143,9 @@ class RadixCache(RadixTree):
     def _on_unlock(self, nodes: list[RadixNode]) -> None:
         for node in nodes:
             self._push(node)
+
+    def _on_split(self, lower: RadixNode) -> None:
+        self._push(lower)  # its first page changed: a key that depends on it (belady) changed too
 
     # ---------------------------------------------------------------- tier moves
     def _backup(self, node: RadixNode) -> bool:
@@ -255,16 +258,17 @@ class RadixCache(RadixTree):
         out.reverse()
         return out
 
-    def load_back(self, node: RadixNode) -> int:
+    def load_back(self, node: RadixNode, limit: tuple | None = None) -> int:
         """Bring the host-only part of the path to ``node`` onto the device. Returns tokens loaded
-        (0 when nothing was host-only or the device has no room even after eviction)."""
+        (0 when nothing was host-only or the device has no room even after eviction). With
+        ``limit``, only nodes ranked below it are evicted to make room (see :meth:`evict_device`)."""
         todo = self.host_only_suffix(node)
         if not todo:
             return 0
         need = sum(len(n.host_pages or ()) for n in todo)
         self.lock(node)
         try:
-            pages = self.alloc_device(need)
+            pages = self.alloc_device(need, limit)
             if pages is None:
                 return 0
             host_pages: list[int] = []
@@ -280,6 +284,19 @@ class RadixCache(RadixTree):
         finally:
             self.unlock(node)
         return need * self.page_size
+
+    def set_loading(self, nodes: Sequence[RadixNode], ticket: LoadTicket) -> None:
+        """Mark nodes whose device copy is still arriving: they are not evicted until
+        :meth:`finish_loading` marks ``ticket`` done."""
+        for node in nodes:
+            node.loading = ticket
+
+    def finish_loading(self, ticket: LoadTicket, nodes: Sequence[RadixNode]) -> None:
+        ticket.done = True
+        for node in nodes:
+            if node.loading is ticket:
+                node.loading = None
+            self._push(node)
 
     # ---------------------------------------------------------------- invariants
     def check(self, external_device_pages: int | None = None) -> None:

@@ -1,0 +1,349 @@
+"""Closed-loop, trace-driven simulation of one serving GPU with a two-tier workflow-aware KV cache.
+
+The simulated engine uses the real cache core (:class:`context_forge.cache.RadixCache`) and the
+real workflow state (:class:`context_forge.workflow.priority.LiveWorkflows`); only time is
+modelled (:class:`~context_forge.sim.cost_model.CostModel`). Each iteration either admits waiting
+requests and runs their prefill (one step, up to ``chunked_prefill_size`` new tokens), or runs
+decode steps for the running batch until the next event. A request is sent when everything in its
+``after`` list finished plus ``delay_s`` (roots at ``arrival_s``); it holds device pages for its
+prompt and output from admission to completion, then its prompt is inserted into the cache.
+
+Transfers: an admitted request whose prefix is on the host only loads it back at once (an
+on-demand load: it pre-empts queued prefetches, and the GPU stalls for it). With
+``load_ahead_step`` > 0 (kvflow / pbkv), after every workflow event the agents due within that many
+steps (declared graph) or likely within it (predictor, pbkv) get the host-only part of their last
+prompt loaded in the background, sharing the host->device link but overlapping compute; a request
+that arrives before its prefetch completes stalls only for the remainder.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from context_forge.cache import CountingTransfer, LoadTicket, PagePool, RadixCache, RadixNode, get_policy
+from context_forge.trace.records import Trace
+from context_forge.workflow.graph import WorkflowGraph
+from context_forge.workflow.priority import LiveWorkflows
+
+from .cost_model import CostModel
+from .oracle import BeladyOracle, ideal_times
+from .stats import SimResult, StatsCollector
+
+PREFETCHING_POLICIES = ("kvflow", "pbkv")
+
+
+class SimError(RuntimeError):
+    """The trace cannot be replayed under this configuration (e.g. a request larger than the device)."""
+
+
+@dataclass
+class SimConfig:
+    policy: str
+    device_tokens: int
+    host_tokens: int
+    page_size: int = 16
+    load_ahead_step: int = 2
+    evict_pri_level: int = 4
+    blend_weight: float = 0.6
+    write_policy: str = "write_back"
+    chunked_prefill_size: int = 8192
+    max_running: int = 256
+    prefetch_min_prob: float = 0.3
+
+    def validate(self) -> None:
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        if self.device_tokens < self.page_size:
+            raise ValueError(f"device_tokens ({self.device_tokens}) must hold at least one page ({self.page_size})")
+        if self.host_tokens < 0:
+            raise ValueError(f"host_tokens must be >= 0, got {self.host_tokens}")
+        if self.load_ahead_step < 0:
+            raise ValueError(f"load_ahead_step must be >= 0, got {self.load_ahead_step}")
+
+
+@dataclass
+class _Running:
+    idx: int
+    node: RadixNode
+    prefix_pages: list[int]
+    own_pages: list[int]
+    remaining: int
+    ctx: int
+
+
+class Simulator:
+    def __init__(self, trace: Trace, config: SimConfig, cost: CostModel | None = None) -> None:
+        config.validate()
+        self.trace = trace
+        self.cfg = config
+        self.cost = cost or CostModel()
+        self.reqs = trace.requests
+        self.vocab = trace.meta.vocab_size
+        index = {r.id: i for i, r in enumerate(self.reqs)}
+        self.after = [[index[a] for a in r.after] for r in self.reqs]
+        self.children: list[list[int]] = [[] for _ in self.reqs]
+        for i, deps in enumerate(self.after):
+            for d in deps:
+                self.children[d].append(i)
+        self.workflows = LiveWorkflows(weight=config.blend_weight)
+        self.oracle: BeladyOracle | None = None
+        ps = config.page_size
+        self.cache = RadixCache(
+            ps, PagePool(config.device_tokens // ps, "device"),
+            PagePool(config.host_tokens // ps, "host") if config.host_tokens >= ps else None,
+            self._make_policy(), CountingTransfer(), config.write_policy)
+        self.prefetch_on = (config.policy in PREFETCHING_POLICIES and config.load_ahead_step > 0
+                            and self.cache.host_pool is not None)
+        self.repeating = trace.repeating_workflows()
+        self.wf_left: dict[str, int] = {}
+        for r in self.reqs:
+            self.wf_left[r.workflow_id] = self.wf_left.get(r.workflow_id, 0) + 1
+        self.stats = StatsCollector(config.policy, len(self.reqs))
+
+    def _make_policy(self):
+        name, cfg = self.cfg.policy, self.cfg
+        if name == "lru":
+            return get_policy("lru")
+        if name == "kvflow":
+            return get_policy("kvflow", priority=self.workflows.graph_priority, evict_pri_level=cfg.evict_pri_level)
+        if name == "pbkv":
+            return get_policy("pbkv", priority=self.workflows.blended_priority, evict_pri_level=cfg.evict_pri_level)
+        if name == "belady":
+            c = self.cost
+            service = [c.prefill_time(r.prompt_len, 0) + r.output_tokens * c.decode_step_time(1, r.prompt_len)
+                       for r in self.reqs]
+            times = ideal_times(self.after, [r.delay_s for r in self.reqs], [r.arrival_s for r in self.reqs], service)
+            self.oracle = BeladyOracle((r.tokens(self.vocab) for r in self.reqs), times, cfg.page_size)
+            return get_policy("belady", oracle=self.oracle)
+        return get_policy(name)  # raises with the list of known policies
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> SimResult:
+        wall = time.perf_counter()
+        self.now = 0.0
+        self.link_free = 0.0
+        self.ready: list[tuple[float, int]] = [(r.arrival_s, i) for i, r in enumerate(self.reqs) if not r.after]
+        heapq.heapify(self.ready)
+        self.deps_left = [len(a) for a in self.after]
+        self.waiting: deque[int] = deque()
+        self.running: list[_Running] = []
+        self.loads: list[tuple[float, int, LoadTicket, list[RadixNode]]] = []
+        self.prefetched: dict[RadixNode, int] = {}
+        self.last_node: dict[tuple[str, str], RadixNode] = {}
+        self.last_agent_node: dict[str, RadixNode] = {}
+        self.send_time = [0.0] * len(self.reqs)
+        self.done = 0
+        while self.done < len(self.reqs):
+            self._release(self.now)
+            if self._admit():
+                continue
+            if self.running:
+                self._decode()
+                continue
+            if self.ready:
+                self.now = max(self.now, self.ready[0][0])
+                continue
+            if self.loads:
+                self.now = max(self.now, self.loads[0][0])
+                continue
+            head = self.reqs[self.waiting[0]] if self.waiting else None
+            raise SimError(
+                f"request {head.id if head else '?'} cannot be admitted: it needs "
+                f"{self._pages_needed(self.waiting[0]) if head else '?'} device pages, the device holds "
+                f"{self.cache.device_pool.capacity}")
+        self._sweep_wasted(final=True)
+        self.cache.check(external_device_pages=0)
+        return self.stats.result(self.now, self.cache, time.perf_counter() - wall, self.cfg)
+
+    def _pages_needed(self, i: int) -> int:
+        r = self.reqs[i]
+        return -(-(r.prompt_len + r.output_tokens) // self.cfg.page_size)
+
+    def _release(self, now: float) -> None:
+        while self.loads and self.loads[0][0] <= now:
+            _, _, ticket, nodes = heapq.heappop(self.loads)
+            self.cache.finish_loading(ticket, nodes)
+        while self.ready and self.ready[0][0] <= now:
+            t, i = heapq.heappop(self.ready)
+            self._send(i, t)
+
+    def _send(self, i: int, t: float) -> None:
+        r = self.reqs[i]
+        wf = r.workflow_id
+        graph = self.trace.workflows.get(wf)
+        if graph is not None and wf not in self.workflows.tracker:
+            if wf in self.repeating:
+                graph = WorkflowGraph(graph.agents, repeat=True)
+            self.workflows.register(wf, graph)
+        self.workflows.on_request(wf, r.agent_id)
+        self.send_time[i] = t
+        self.waiting.append(i)
+
+    # ------------------------------------------------------------------ admission + prefill
+    def _admit(self) -> bool:
+        cache, cost, ps = self.cache, self.cost, self.cfg.page_size
+        budget = self.cfg.chunked_prefill_size
+        compute = stall = 0.0
+        admitted: list[_Running] = []
+        while self.waiting and len(self.running) + len(admitted) < self.cfg.max_running and budget > 0:
+            i = self.waiting[0]
+            r = self.reqs[i]
+            tokens = r.tokens(self.vocab)
+            if self.oracle is not None:
+                self.oracle.started(i)
+            m = cache.match(tokens, agent_id=r.agent_id)
+            cache.lock(m.last_node)
+            device_hit, host_hit = m.device_len, m.host_len
+            for node in m.nodes:
+                if node.is_loading:
+                    stall = max(stall, node.loading.ready_at - self.now)  # type: ignore[union-attr]
+            loaded = 0
+            if host_hit:
+                loaded = cache.load_back(m.last_node)
+                if loaded:
+                    stall = self._on_demand_load(loaded, stall)
+                m = cache.match(tokens, touch=False)
+            cached = m.device_len
+            own = cache.alloc_device(self._pages_needed(i) - cached // ps)
+            if own is None:
+                cache.unlock(m.last_node)
+                if self.oracle is not None:
+                    self.oracle.unstart(i, tokens, self.oracle.times[i])
+                break
+            self.waiting.popleft()
+            prefetch_hit = 0
+            for node in m.nodes:
+                got = self.prefetched.pop(node, 0)
+                prefetch_hit += got
+            new = r.prompt_len - cached
+            compute += cost.prefill_time(new, cached)
+            budget -= new
+            self.stats.admitted(r.prompt_len, device_hit, host_hit, loaded, new, prefetch_hit)
+            admitted.append(_Running(i, m.last_node, list(m.device_pages), own, r.output_tokens, r.prompt_len))
+        if not admitted:
+            return False
+        self.stats.stall_s += stall
+        self.now += stall + compute
+        finished = []
+        for run in admitted:
+            run.remaining -= 1
+            run.ctx += 1
+            self.stats.first_token(run.idx, self.now - self.send_time[run.idx])
+            (finished if run.remaining <= 0 else self.running).append(run)
+        for run in finished:
+            self._finish(run)
+        return True
+
+    def _on_demand_load(self, tokens: int, stall: float) -> float:
+        """A synchronous load starts now, ahead of queued prefetches (which it delays)."""
+        dur = self.cost.load_time(tokens)
+        start = self.now + stall
+        shifted = [(t + dur, s, ticket, nodes) for t, s, ticket, nodes in self.loads]
+        for t, _, ticket, _ in shifted:
+            ticket.ready_at = t
+        self.loads = shifted
+        heapq.heapify(self.loads)
+        self.link_free = max(self.link_free, start) + dur
+        self.stats.loaded_tokens_time += dur
+        return stall + dur
+
+    # ------------------------------------------------------------------ decode + completion
+    def _decode(self) -> None:
+        batch = len(self.running)
+        ctx = sum(r.ctx for r in self.running)
+        step = self.cost.decode_step_time(batch, ctx + batch * 0.5)
+        k = min(r.remaining for r in self.running)
+        if self.ready:
+            k = min(k, max(1, math.ceil((self.ready[0][0] - self.now) / step)))
+        step = self.cost.decode_step_time(batch, ctx + batch * k / 2)
+        self.now += k * step
+        still = []
+        finished = []
+        for run in self.running:
+            run.remaining -= k
+            run.ctx += k
+            (finished if run.remaining <= 0 else still).append(run)
+        self.running = still
+        for run in finished:
+            self._finish(run)
+
+    def _finish(self, run: _Running) -> None:
+        cache, ps = self.cache, self.cfg.page_size
+        i = run.idx
+        r = self.reqs[i]
+        tokens = r.tokens(self.vocab)
+        n_prompt = len(tokens) // ps
+        pages = run.prefix_pages + run.own_pages
+        res = cache.insert(tokens[:n_prompt * ps], pages[:n_prompt], r.agent_id)
+        cache.device_pool.free(res.redundant(pages[:n_prompt]) + pages[n_prompt:])
+        cache.unlock(run.node)
+        self.done += 1
+        self.stats.finished(i, self.now - self.send_time[i])
+        wf = r.workflow_id
+        self.workflows.on_request_finished(wf, r.agent_id)
+        if res.node.parent is not None:
+            self.last_node[(wf, r.agent_id)] = res.node
+            self.last_agent_node[r.agent_id] = res.node
+        self.wf_left[wf] -= 1
+        if self.wf_left[wf] == 0:
+            self.workflows.finish(wf)
+        for c in self.children[i]:
+            self.deps_left[c] -= 1
+            if self.deps_left[c] == 0:
+                heapq.heappush(self.ready, (self.now + self.reqs[c].delay_s, c))
+        if self.prefetch_on and self.wf_left[wf] > 0:
+            self._prefetch(wf)
+
+    # ------------------------------------------------------------------ prefetch
+    def _due_agents(self, wf: str) -> list[str]:
+        k = self.cfg.load_ahead_step
+        tracker = self.workflows.tracker
+        if wf in tracker:
+            graph = tracker.graph_of(wf)
+            due = [(tracker.instance_steps(wf, a.agent_id), a.agent_id) for a in graph.agents]
+            return [a for s, a in sorted(due) if s <= k]
+        if self.cfg.policy != "pbkv" or not self.workflows.is_dynamic(wf):
+            return []
+        probs = self.workflows.predictor.prob_within(wf, k)
+        likely = sorted(((p, a) for a, p in probs.items() if p >= self.cfg.prefetch_min_prob), reverse=True)
+        return [a for _, a in likely]
+
+    def _prefetch(self, wf: str) -> None:
+        self._sweep_wasted()
+        cache = self.cache
+        for agent in self._due_agents(wf):
+            node = self.last_node.get((wf, agent))
+            if node is None:
+                node = self.last_agent_node.get(agent)
+                while node is not None and node.parent is not None and node.parent.parent is not None:
+                    node = node.parent
+            if node is None or node.parent is None or not cache._alive(node):
+                continue
+            todo = cache.host_only_suffix(node)
+            if not todo:
+                continue
+            loaded = cache.load_back(node, limit=cache.policy.key(node))
+            if not loaded:
+                continue
+            start = max(self.now, self.link_free)
+            self.link_free = start + self.cost.load_time(loaded)
+            ticket = LoadTicket(self.link_free)
+            cache.set_loading(todo, ticket)
+            heapq.heappush(self.loads, (self.link_free, id(ticket), ticket, todo))
+            for n in todo:
+                self.prefetched[n] = len(n.key)
+            self.stats.prefetched_tokens += loaded
+
+    def _sweep_wasted(self, final: bool = False) -> None:
+        """Prefetched nodes evicted from the device before any request used them were wasted."""
+        gone = [n for n in self.prefetched if n.device_pages is None or final]
+        for n in gone:
+            self.stats.prefetch_wasted_tokens += self.prefetched.pop(n)
+
+
+def simulate(trace: Trace, config: SimConfig, cost: CostModel | None = None) -> SimResult:
+    return Simulator(trace, config, cost).run()
