@@ -1,0 +1,85 @@
+"""Multisets with a cheap minimum, used to keep per-agent minima over many live workflows."""
+from __future__ import annotations
+
+import heapq
+import math
+
+
+class CountedMin:
+    """A multiset of values stored as value -> count, with the minimum cached.
+
+    Meant for small discrete domains (step counts): removing the minimum rescans the distinct
+    values only, which are few.
+    """
+
+    __slots__ = ("_counts", "_min", "size")
+
+    def __init__(self) -> None:
+        self._counts: dict[float, int] = {}
+        self._min = math.inf
+        self.size = 0
+
+    def add(self, value: float) -> None:
+        self._counts[value] = self._counts.get(value, 0) + 1
+        self.size += 1
+        self._min = min(self._min, value)
+
+    def remove(self, value: float) -> None:
+        count = self._counts.get(value, 0)
+        if count == 0:
+            raise KeyError(f"value {value!r} is not in the multiset")
+        self.size -= 1
+        if count == 1:
+            del self._counts[value]
+            if value == self._min:
+                self._min = min(self._counts, default=math.inf)
+        else:
+            self._counts[value] = count - 1
+
+    @property
+    def min(self) -> float:
+        """Smallest value held, `math.inf` when empty."""
+        return self._min
+
+
+class KeyedMin:
+    """Values keyed by owner (e.g. workflow id) with the minimum kept by a lazily cleaned heap.
+
+    Suited to continuous values where a count table would hold one entry per owner. A heap entry
+    is stale when its owner's current value differs; stale tops are popped on read and the heap is
+    rebuilt when stale entries outnumber live ones.
+    """
+
+    __slots__ = ("_heap", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def set(self, key: str, value: float) -> None:
+        if self._values.get(key) == value:
+            return
+        self._values[key] = value
+        heapq.heappush(self._heap, (value, key))
+        if len(self._heap) > 2 * len(self._values) + 32:
+            self._heap = [(v, k) for k, v in self._values.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, key: str) -> None:
+        self._values.pop(key, None)
+        if not self._values:
+            self._heap.clear()
+
+    def get(self, key: str) -> float | None:
+        return self._values.get(key)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def min(self) -> float:
+        """Smallest current value, `math.inf` when empty."""
+        heap, values = self._heap, self._values
+        while heap and values.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf

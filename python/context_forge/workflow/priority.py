@@ -1,0 +1,245 @@
+"""Agent priorities (expected steps until an agent runs) from the step graph, the predictor, or both,
+and `LiveWorkflows`, the façade that the engine and the simulator drive."""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+
+from context_forge.workflow.changes import ChangeFeed, ChangeHub
+from context_forge.workflow.errors import UnknownWorkflowError, WorkflowError
+from context_forge.workflow.graph import WorkflowGraph
+from context_forge.workflow.minmap import KeyedMin
+from context_forge.workflow.predictor import MarkovPredictor
+from context_forge.workflow.tracker import StepTracker
+
+__all__ = [
+    "PRIORITY_NAMES",
+    "AgentPriority",
+    "BlendedPriority",
+    "ChangeFeed",
+    "GraphPriority",
+    "LiveWorkflows",
+    "PredictorPriority",
+]
+
+PRIORITY_NAMES = ("graph", "predictor", "blended")
+
+
+class AgentPriority(ABC):
+    """Expected steps until an agent runs: lower is more urgent, `math.inf` = not expected."""
+
+    @abstractmethod
+    def priority(self, agent_id: str) -> float:
+        """The agent's current priority."""
+
+    @abstractmethod
+    def subscribe(self) -> ChangeFeed:
+        """A new feed of agents whose priority changed since that feed's last drain."""
+
+
+class GraphPriority(AgentPriority):
+    """The tracker's steps-to-execution of declared graphs."""
+
+    def __init__(self, tracker: StepTracker) -> None:
+        self.tracker = tracker
+
+    def priority(self, agent_id: str) -> float:
+        return self.tracker.steps(agent_id)
+
+    def subscribe(self) -> ChangeFeed:
+        return self.tracker.subscribe()
+
+
+class PredictorPriority(AgentPriority):
+    """Minimum over live dynamic workflows of the predictor's expected steps for the agent.
+
+    Each workflow's contributions are recomputed only when `refresh` is called for it (on its
+    requests); other workflows keep the values computed at their last refresh even though the
+    shared model has learned since. Agents with a running request in the workflow count 0.
+    Agents the predictor knows but is unlikely to call within `horizon` get horizon + 1;
+    agents of no live dynamic workflow get `math.inf`.
+    """
+
+    def __init__(self, predictor: MarkovPredictor, horizon: int = 8) -> None:
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
+            raise WorkflowError(f"horizon must be an integer >= 0, got {horizon!r}")
+        self.predictor = predictor
+        self.horizon = horizon
+        self._contrib: dict[str, dict[str, float]] = {}
+        self._mins: dict[str, KeyedMin] = {}
+        self._hub = ChangeHub()
+
+    def refresh(self, workflow_id: str, running: Collection[str] = ()) -> None:
+        """Recompute the workflow's contributions from the predictor's current state."""
+        table = self.predictor.expected_steps_all(workflow_id, self.horizon)
+        for agent in running:
+            table[agent] = 0.0
+        old = self._contrib.get(workflow_id, {})
+        for agent, value in table.items():
+            if old.get(agent) != value:
+                self._update(agent, workflow_id, value)
+        for agent in old.keys() - table.keys():
+            self._update(agent, workflow_id, None)
+        self._contrib[workflow_id] = table
+
+    def remove(self, workflow_id: str) -> None:
+        """The workflow ended: it stops contributing."""
+        for agent in self._contrib.pop(workflow_id, {}):
+            self._update(agent, workflow_id, None)
+
+    def workflows(self) -> list[str]:
+        return list(self._contrib)
+
+    def priority(self, agent_id: str) -> float:
+        m = self._mins.get(agent_id)
+        return math.inf if m is None else m.min
+
+    def subscribe(self) -> ChangeFeed:
+        return self._hub.subscribe()
+
+    def _update(self, agent: str, workflow_id: str, value: float | None) -> None:
+        m = self._mins.get(agent)
+        if m is None:
+            m = self._mins[agent] = KeyedMin()
+        before = m.min
+        if value is None:
+            m.discard(workflow_id)
+        else:
+            m.set(workflow_id, value)
+        after = m.min
+        if not len(m):
+            del self._mins[agent]
+        if before != after:
+            self._hub.publish(agent)
+
+
+class BlendedPriority(AgentPriority):
+    """Weighted blend of a graph priority g and a predictor priority q, with weight w:
+
+        p = w * g + (1 - w) * q   when both are finite,
+        p = g  or  p = q          when only that one is finite,
+        p = inf                   when neither is.
+    """
+
+    def __init__(self, graph: AgentPriority, predictor: AgentPriority, weight: float = 0.6) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+            raise WorkflowError(f"weight must be a number in [0, 1], got {weight!r}")
+        self.graph = graph
+        self.predictor = predictor
+        self.weight = float(weight)
+
+    def priority(self, agent_id: str) -> float:
+        g = self.graph.priority(agent_id)
+        q = self.predictor.priority(agent_id)
+        if g == math.inf:
+            return q
+        if q == math.inf:
+            return g
+        return self.weight * g + (1.0 - self.weight) * q
+
+    def subscribe(self) -> ChangeFeed:
+        return ChangeFeed(sources=(self.graph.subscribe(), self.predictor.subscribe()))
+
+
+class LiveWorkflows:
+    """Live workflows as the engine/simulator sees them, and the priorities derived from them.
+
+    A workflow registered with a graph is static (tracked by the `StepTracker`); a workflow whose
+    first request arrives unregistered is dynamic (scored by the predictor). Every request is
+    also fed to the shared predictor so it learns from static workflows too.
+    """
+
+    def __init__(
+        self, predictor: MarkovPredictor | None = None, weight: float = 0.6, horizon: int = 8
+    ) -> None:
+        self.tracker = StepTracker()
+        self.predictor = predictor if predictor is not None else MarkovPredictor()
+        self._graph = GraphPriority(self.tracker)
+        self._predicted = PredictorPriority(self.predictor, horizon)
+        self._blended = BlendedPriority(self._graph, self._predicted, weight)
+        self._dynamic: dict[str, dict[str, int]] = {}
+
+    def register(self, instance_id: str, graph: WorkflowGraph) -> None:
+        """Declare a static workflow before its first request."""
+        if instance_id in self._dynamic:
+            raise WorkflowError(
+                f"workflow {instance_id!r} is already live as a dynamic workflow; "
+                "register its graph before its first request"
+            )
+        self.tracker.register(instance_id, graph)
+
+    def on_request(self, workflow_id: str, agent_id: str) -> None:
+        """A request of `agent_id` arrived for the workflow (starting it if unknown: dynamic)."""
+        if not isinstance(agent_id, str) or not agent_id:
+            raise WorkflowError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        if workflow_id in self.tracker:
+            self.tracker.agent_started(workflow_id, agent_id)
+            self.predictor.observe(workflow_id, agent_id)
+            return
+        self.predictor.observe(workflow_id, agent_id)
+        running = self._dynamic.setdefault(workflow_id, {})
+        running[agent_id] = running.get(agent_id, 0) + 1
+        self._predicted.refresh(workflow_id, running)
+
+    def on_request_finished(self, workflow_id: str, agent_id: str) -> None:
+        """A request of `agent_id` in the workflow completed."""
+        if workflow_id in self.tracker:
+            self.tracker.agent_finished(workflow_id, agent_id)
+            return
+        running = self._dynamic.get(workflow_id)
+        if running is None:
+            raise UnknownWorkflowError(workflow_id)
+        count = running.get(agent_id, 0)
+        if count == 0:
+            raise WorkflowError(
+                f"agent {agent_id!r} has no running request in dynamic workflow {workflow_id!r}"
+            )
+        if count == 1:
+            del running[agent_id]
+            self._predicted.refresh(workflow_id, running)
+        else:
+            running[agent_id] = count - 1
+
+    def finish(self, workflow_id: str) -> None:
+        """The workflow ended: it stops counting in every priority."""
+        if workflow_id in self.tracker:
+            self.tracker.finish(workflow_id)
+        elif workflow_id in self._dynamic:
+            del self._dynamic[workflow_id]
+            self._predicted.remove(workflow_id)
+        else:
+            raise UnknownWorkflowError(workflow_id)
+        self.predictor.forget(workflow_id)
+
+    def is_dynamic(self, workflow_id: str) -> bool:
+        return workflow_id in self._dynamic
+
+    def live_workflows(self) -> list[str]:
+        return self.tracker.live_instances() + list(self._dynamic)
+
+    @property
+    def graph_priority(self) -> GraphPriority:
+        return self._graph
+
+    @property
+    def predictor_priority(self) -> PredictorPriority:
+        return self._predicted
+
+    @property
+    def blended_priority(self) -> BlendedPriority:
+        return self._blended
+
+    def priority(self, name: str) -> AgentPriority:
+        """The priority named `name`: one of "graph", "predictor", "blended"."""
+        by_name: dict[str, AgentPriority] = {
+            "graph": self._graph,
+            "predictor": self._predicted,
+            "blended": self._blended,
+        }
+        try:
+            return by_name[name]
+        except (KeyError, TypeError):
+            raise WorkflowError(
+                f"unknown priority {name!r}; choose one of {', '.join(PRIORITY_NAMES)}"
+            ) from None
