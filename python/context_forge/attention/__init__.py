@@ -1,0 +1,7 @@
+"""Attention backends over the paged KV cache (``get_attention_backend("torch_sdpa")``)."""
+from context_forge.attention.base import (
+    AttentionBackend, AttentionMetadata, available_attention_backends, get_attention_backend,
+    register_attention_backend)
+
+__all__ = ["AttentionBackend", "AttentionMetadata", "available_attention_backends",
+           "get_attention_backend", "register_attention_backend"]

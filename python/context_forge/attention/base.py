@@ -1,0 +1,225 @@
+"""Attention over a paged KV cache: the per-batch metadata, the backend interface and its registry.
+
+A batch is a flat list of new tokens (``input_ids``) made of consecutive runs, one per sequence, in the
+order of ``seq_lens_q``. Sequence ``i`` already has ``seq_lens_kv[i] - seq_lens_q[i]`` tokens of KV in
+the cache; its new tokens sit at positions ``seq_lens_kv[i] - seq_lens_q[i] ... seq_lens_kv[i] - 1``.
+``page_tables[i]`` lists the device pages that hold positions ``0 .. seq_lens_kv[i] - 1`` in order
+(token at position ``p`` lives in page ``page_tables[i][p // page_size]`` at offset ``p % page_size``).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence, TypeVar
+
+import torch
+
+if TYPE_CHECKING:
+    from context_forge.engine.kv_buffer import DeviceKVBuffer
+
+
+@dataclass
+class DecodePlan:
+    """Sequences with one new token, attended in one padded call.
+
+    ``token_index`` selects their tokens from the flat batch (``None`` when the whole batch is these
+    tokens, in order); ``pages`` is ``[B, max_pages]`` (padding points at a real page and is masked);
+    ``mask`` is ``[B, 1, 1, max_pages * page_size]``, True where a key may be attended."""
+
+    token_index: torch.Tensor | None
+    pages: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class PrefillPlan:
+    """One sequence with several new tokens: its slice of the flat batch, its pages, and the causal
+    mask ``[q_len, kv_len]`` (``None`` when there is no cached prefix, so plain causal applies)."""
+
+    start: int
+    q_len: int
+    kv_len: int
+    pages: torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclass
+class AttentionPlan:
+    """Tensors derived once per batch and shared by every layer."""
+
+    page_size: int
+    device: torch.device
+    last_token_index: torch.Tensor
+    decode: DecodePlan | None
+    prefills: list[PrefillPlan]
+
+
+@dataclass
+class AttentionMetadata:
+    """What attention needs to know about a batch (see the module docstring for the layout).
+
+    ``out_slots[t] = page * page_size + offset`` is where token ``t``'s K/V is written. Build it with
+    ``AttentionMetadata.build``, which also fills ``positions`` and the shared plan; constructing it
+    directly with the four contract fields also works (the plan is then derived on first use)."""
+
+    seq_lens_q: list[int]
+    seq_lens_kv: list[int]
+    page_tables: list[list[int]]
+    out_slots: torch.Tensor
+    positions: torch.Tensor | None = None
+    _plan: AttentionPlan | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_q)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.seq_lens_q)
+
+    @classmethod
+    def build(cls, seq_lens_q: Sequence[int], seq_lens_kv: Sequence[int],
+              page_tables: Sequence[Sequence[int]], page_size: int,
+              device: torch.device | str = "cpu") -> "AttentionMetadata":
+        """Validate the batch, then compute ``out_slots``, ``positions`` and the plan on ``device``."""
+        q, kv, tables = _validate(seq_lens_q, seq_lens_kv, page_tables, page_size)
+        dev = _concrete(torch.device(device))
+        table = _padded_tables(tables).to(dev)
+        q_t = torch.tensor(q, dtype=torch.long, device=dev)
+        kv_t = torch.tensor(kv, dtype=torch.long, device=dev)
+        seq_of_token = torch.repeat_interleave(torch.arange(len(q), device=dev), q_t)
+        q_start = torch.cumsum(q_t, 0) - q_t
+        offset = torch.arange(int(sum(q)), device=dev) - q_start[seq_of_token]
+        positions = (kv_t - q_t)[seq_of_token] + offset
+        slots = table[seq_of_token, positions // page_size] * page_size + positions % page_size
+        meta = cls(list(q), list(kv), tables, slots, positions)
+        meta._plan = _make_plan(q, kv, table, page_size, dev)
+        return meta
+
+    def plan(self, page_size: int, device: torch.device) -> AttentionPlan:
+        """The shared per-batch tensors for a cache with ``page_size`` on ``device`` (cached)."""
+        device = _concrete(device)
+        p = self._plan
+        if p is not None and p.page_size == page_size and p.device == device:
+            return p
+        q, kv, tables = _validate(self.seq_lens_q, self.seq_lens_kv, self.page_tables, page_size)
+        if self.out_slots.numel() != sum(q):
+            raise ValueError(f"AttentionMetadata: out_slots has {self.out_slots.numel()} entries "
+                             f"but seq_lens_q sums to {sum(q)}")
+        self._plan = _make_plan(q, kv, _padded_tables(tables).to(device), page_size, device)
+        return self._plan
+
+
+def _concrete(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:<current>`` so that plans built for either compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _validate(seq_lens_q: Sequence[int], seq_lens_kv: Sequence[int],
+              page_tables: Sequence[Sequence[int]], page_size: int
+              ) -> tuple[list[int], list[int], list[list[int]]]:
+    if not isinstance(page_size, int) or page_size <= 0:
+        raise ValueError(f"AttentionMetadata: page_size must be a positive int, got {page_size!r}")
+    q, kv, tables = list(seq_lens_q), list(seq_lens_kv), [list(t) for t in page_tables]
+    if not q:
+        raise ValueError("AttentionMetadata: empty batch (seq_lens_q is empty)")
+    if not len(q) == len(kv) == len(tables):
+        raise ValueError(f"AttentionMetadata: seq_lens_q ({len(q)}), seq_lens_kv ({len(kv)}) and "
+                         f"page_tables ({len(tables)}) must have one entry per sequence")
+    for i, (nq, nkv, table) in enumerate(zip(q, kv, tables)):
+        if nq < 1 or nq > nkv:
+            raise ValueError(f"AttentionMetadata: sequence {i} needs 1 <= seq_lens_q <= seq_lens_kv, "
+                             f"got q={nq}, kv={nkv}")
+        if len(table) * page_size < nkv:
+            raise ValueError(f"AttentionMetadata: sequence {i} has {nkv} tokens but its page table "
+                             f"covers only {len(table)} pages of {page_size}")
+        if table and min(table) < 0:
+            raise ValueError(f"AttentionMetadata: sequence {i} has a negative page id")
+    return q, kv, tables
+
+
+def _padded_tables(tables: list[list[int]]) -> torch.Tensor:
+    width = max(len(t) for t in tables)
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
+
+
+def _make_plan(q: list[int], kv: list[int], table: torch.Tensor, page_size: int,
+               device: torch.device) -> AttentionPlan:
+    starts = [0] * len(q)
+    for i in range(1, len(q)):
+        starts[i] = starts[i - 1] + q[i - 1]
+    last = torch.tensor([s + n - 1 for s, n in zip(starts, q)], dtype=torch.long, device=device)
+    decode_seqs = [i for i, n in enumerate(q) if n == 1]
+    decode = None
+    if decode_seqs:
+        max_pages = -(-max(kv[i] for i in decode_seqs) // page_size)
+        seq_idx = torch.tensor(decode_seqs, dtype=torch.long, device=device)
+        kv_lens = torch.tensor([kv[i] for i in decode_seqs], dtype=torch.long, device=device)
+        key_pos = torch.arange(max_pages * page_size, device=device)
+        mask = (key_pos[None, :] < kv_lens[:, None])[:, None, None, :]
+        pure = len(decode_seqs) == len(q)
+        token_index = None if pure else torch.tensor(
+            [starts[i] for i in decode_seqs], dtype=torch.long, device=device)
+        decode = DecodePlan(token_index, table[seq_idx, :max_pages], mask)
+    prefills = []
+    for i, (n, nkv) in enumerate(zip(q, kv)):
+        if n == 1:
+            continue
+        pages = table[i, : -(-nkv // page_size)]
+        mask = None
+        if nkv > n:
+            q_pos = torch.arange(nkv - n, nkv, device=device)
+            mask = torch.arange(nkv, device=device)[None, :] <= q_pos[:, None]
+        prefills.append(PrefillPlan(starts[i], n, nkv, pages, mask))
+    return AttentionPlan(page_size, device, last, decode, prefills)
+
+
+class AttentionBackend(ABC):
+    """Computes attention for one layer: first stores the new tokens' K/V at ``meta.out_slots`` in
+    ``kv``, then attends each new query causally over its sequence's cached keys (prefix + new)."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
+                meta: AttentionMetadata, kv: "DeviceKVBuffer") -> torch.Tensor:
+        """``q`` ``[T, num_heads, head_dim]``, ``k``/``v`` ``[T, num_kv_heads, head_dim]`` (RoPE
+        already applied) -> ``[T, num_heads, head_dim]``. Softmax scale is ``head_dim ** -0.5``."""
+
+
+_B = TypeVar("_B", bound=type[AttentionBackend])
+_BACKENDS: dict[str, type[AttentionBackend]] = {}
+
+
+def register_attention_backend(name: str) -> Callable[[_B], _B]:
+    """Class decorator: make a backend available to ``get_attention_backend(name)``."""
+
+    def deco(cls: _B) -> _B:
+        if name in _BACKENDS and _BACKENDS[name] is not cls:
+            raise ValueError(f"attention backend {name!r} is already registered")
+        cls.name = name
+        _BACKENDS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_attention_backends() -> list[str]:
+    _load_builtin_backends()
+    return sorted(_BACKENDS)
+
+
+def get_attention_backend(name: str, **kwargs: object) -> AttentionBackend:
+    """A new instance of the backend registered as ``name``."""
+    _load_builtin_backends()
+    try:
+        cls = _BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}") from None
+    return cls(**kwargs)
+
+
+def _load_builtin_backends() -> None:
+    import context_forge.attention.torch_sdpa  # noqa: F401  (registers itself)

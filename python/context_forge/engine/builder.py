@@ -1,0 +1,131 @@
+"""Builds the engine's parts from a ``ServerConfig``: model, tokenizer, KV tiers, cache, scheduler."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from context_forge.cache.policy import EvictionPolicy, get_policy
+from context_forge.cache.pool import PagePool
+from context_forge.cache.tiered import RadixCache
+from context_forge.config import ServerConfig
+from context_forge.memory.monitors import MemoryMonitor, auto_monitor, get_monitor
+from context_forge.memory.pressure import PressureController
+from context_forge.model.config import ModelConfig
+from context_forge.model.loader import load_model
+from context_forge.model.tokenizer import get_tokenizer
+from context_forge.workflow.predictor import MarkovPredictor
+from context_forge.workflow.priority import LiveWorkflows
+
+from .kv_buffer import DeviceKVBuffer, HostKVBuffer
+from .kv_manager import KVManager
+from .kv_transfer import BufferTransfer
+from .runner import ModelRunner
+from .scheduler import Scheduler
+from .workflows import SharedWorkflows
+
+
+@dataclass
+class EngineParts:
+    config: ServerConfig
+    model_config: ModelConfig
+    tokenizer: Any
+    runner: ModelRunner
+    device_kv: DeviceKVBuffer
+    host_kv: HostKVBuffer | None
+    device_pool: PagePool
+    host_pool: PagePool | None
+    cache: RadixCache | None
+    kv: KVManager
+    scheduler: Scheduler
+    workflows: SharedWorkflows
+    pressure: PressureController
+    lock: threading.RLock
+
+
+def build(config: ServerConfig) -> EngineParts:
+    """Everything the engine owns, sized from ``config`` (resolved here for this machine)."""
+    cfg = config.resolved()
+    model, mcfg = load_model(cfg.model_path, load_format=cfg.load_format, dtype=cfg.dtype,
+                             device=cfg.device, seed=cfg.random_seed,
+                             attention_backend=cfg.attention_backend)
+    tokenizer = get_tokenizer(cfg.tokenizer_path)
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    ps = cfg.page_size
+    shape = (mcfg.num_hidden_layers, ps, mcfg.num_key_value_heads, mcfg.head_dim)
+    page_bytes = mcfg.num_hidden_layers * 2 * ps * mcfg.num_key_value_heads * mcfg.head_dim * dtype.itemsize
+    n_dev = device_pages(cfg, page_bytes, device)
+    device_kv = DeviceKVBuffer(shape[0], n_dev, ps, shape[2], shape[3], dtype, device)
+    device_pool = PagePool(n_dev, "device")
+    lock = threading.RLock()
+    workflows = SharedWorkflows(lock, _predictor(cfg), weight=cfg.blend_weight)
+    host_kv = host_pool = cache = None
+    if not cfg.disable_radix_cache:
+        transfer = None
+        if cfg.enable_hierarchical_cache:
+            n_host = host_pages(cfg, n_dev, page_bytes)
+            host_kv = HostKVBuffer(shape[0], n_host, ps, shape[2], shape[3], dtype)
+            host_pool = PagePool(n_host, "host")
+            transfer = BufferTransfer(device_kv, host_kv)
+        cache = RadixCache(ps, device_pool, host_pool, _policy(cfg, workflows), transfer,
+                           write_policy=cfg.hicache_write_policy)
+    kv = KVManager(ps, device_pool, cache)
+    max_running = cfg.max_running_requests or max(n_dev, 1)
+    scheduler = Scheduler(kv, cfg.chunked_prefill_size, max_running, cfg.max_prefill_tokens)
+    pressure = PressureController(cfg.pressure_thresholds, cfg.pressure_hysteresis, _monitor(cfg, device),
+                                  load_ahead_step=cfg.load_ahead_step, evict_pri_level=cfg.evict_pri_level)
+    runner = ModelRunner(model, device_kv, ps)
+    return EngineParts(cfg, mcfg, tokenizer, runner, device_kv, host_kv, device_pool, host_pool,
+                       cache, kv, scheduler, workflows, pressure, lock)
+
+
+def device_pages(cfg: ServerConfig, page_bytes: int, device: torch.device) -> int:
+    """Pages of the device pool: ``max_total_tokens / page_size``, or on a GPU what is left of
+    ``mem_fraction_static`` of its memory once the weights are loaded."""
+    if cfg.max_total_tokens is not None:
+        return max(cfg.max_total_tokens // cfg.page_size, 1)
+    if device.type != "cuda":
+        raise ValueError("max_total_tokens must be set when the model is not on a GPU")
+    free, total = torch.cuda.mem_get_info(device)
+    budget = free - total * (1.0 - cfg.mem_fraction_static)
+    pages = int(budget // page_bytes)
+    if pages < 1:
+        raise ValueError(
+            f"mem_fraction_static {cfg.mem_fraction_static} leaves no room for the KV pool: "
+            f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB after loading the weights")
+    return pages
+
+
+def host_pages(cfg: ServerConfig, n_device: int, page_bytes: int) -> int:
+    """Pages of the host pool: ``hicache_size`` GB when set, else ``hicache_ratio`` x device pages."""
+    if cfg.hicache_size > 0:
+        pages = int(cfg.hicache_size * 1e9 // page_bytes)
+        if pages < 1:
+            raise ValueError(f"hicache_size {cfg.hicache_size} GB holds no page of {page_bytes} bytes")
+        return pages
+    return max(int(n_device * cfg.hicache_ratio), 1)
+
+
+def _policy(cfg: ServerConfig, workflows: LiveWorkflows) -> EvictionPolicy:
+    name = cfg.radix_eviction_policy
+    if name == "kvflow":
+        return get_policy(name, priority=workflows.graph_priority, evict_pri_level=cfg.evict_pri_level)
+    if name == "pbkv":
+        return get_policy(name, priority=workflows.blended_priority, evict_pri_level=cfg.evict_pri_level)
+    return get_policy(name)
+
+
+def _predictor(cfg: ServerConfig) -> MarkovPredictor:
+    if cfg.predictor_path:
+        return MarkovPredictor.load(cfg.predictor_path, smoothing=cfg.predictor_smoothing)
+    return MarkovPredictor(smoothing=cfg.predictor_smoothing)
+
+
+def _monitor(cfg: ServerConfig, device: torch.device) -> MemoryMonitor:
+    if cfg.memory_monitor == "auto":
+        return auto_monitor(device)
+    return get_monitor(cfg.memory_monitor, device.index or 0)

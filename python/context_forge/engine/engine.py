@@ -1,0 +1,297 @@
+"""The serving engine: a background step loop over the scheduler, bridged to asyncio callers.
+
+Threads: callers (the server's event loop) validate and submit requests and ask for aborts;
+the engine thread owns the scheduler, the cache and the model. Requests and aborts cross over
+through an inbox guarded by a condition variable (the loop sleeps on it when idle); outputs
+cross back through ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import torch
+
+from context_forge.config import ServerConfig
+from context_forge.memory.pressure import PressureMode
+from context_forge.metrics import Metrics
+from context_forge.workflow.errors import WorkflowError
+
+from .builder import EngineParts, build
+from .errors import DuplicateRequest, EngineError
+from .output import OutputStream
+from .req_state import ReqState
+from .request import GenerateOutput, GenerateRequest
+from .sampling import SampleSlot, make_generator, sample
+from .scheduler import Batch
+from .stats import EngineStats
+from .validate import Limits, validate_request
+
+log = logging.getLogger(__name__)
+Emit = Callable[[GenerateOutput | BaseException], None]
+
+
+class Engine:
+    """Owns model, tokenizer, KV tiers, radix cache, live workflows and scheduler (see ``builder``)."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        p: EngineParts = build(config)
+        self.parts = p
+        self.config = p.config
+        self.tokenizer = p.tokenizer
+        self.model_config = p.model_config
+        self.model_name: str = p.config.served_model_name or p.config.model_path
+        self.context_len: int = p.config.context_length or p.model_config.context_len
+        self.workflows = p.workflows
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.scheduler = p.scheduler
+        self.kv = p.kv
+        self.stats = EngineStats(self.metrics, p.device_pool, p.host_pool, p.cache)
+        self.limits = Limits(p.model_config.vocab_size, self.context_len, p.config.page_size,
+                             p.device_pool.capacity)
+        self._eos = set(getattr(p.tokenizer, "eos_token_ids", ()) or ()) | set(p.model_config.eos_token_id)
+        self._seeds = random.Random(p.config.random_seed)
+        self._lock = p.lock
+        self._cv = threading.Condition(threading.Lock())
+        self._inbox: list[ReqState] = []
+        self._aborts: list[str] = []
+        self._live: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._last_batch_empty = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the step loop in a background thread (idempotent)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="context-forge-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the loop; every unfinished request ends with ``finish_reason="abort"``."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self._drain_inbox()
+            for st in list(self.scheduler.running) + list(self.scheduler.waiting):
+                self._abort_state(st)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._error is None
+
+    # ---------------------------------------------------------------- requests
+    def generate(self, req: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        """Validate ``req`` now (raising ``InvalidRequest``), then stream its outputs: ``async for``
+        yields one ``GenerateOutput`` delta per token (the last one has ``finish_reason``).
+        Closing the iterator early (client gone) aborts the request."""
+        validate_request(req, self.limits, self.workflows)
+        if req.rid in self._live:
+            raise DuplicateRequest(req.rid)
+        if self._stopping or self._error is not None:
+            raise EngineError("the engine is not running" + (f": {self._error!r}" if self._error else ""))
+        self.start()
+        return self._stream(req)
+
+    async def _stream(self, req: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerateOutput | BaseException] = asyncio.Queue()
+
+        def emit(item: GenerateOutput | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+                self.abort(req.rid)
+
+        self._submit(req, emit)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(req.rid)
+
+    def _submit(self, req: GenerateRequest, emit: Emit) -> None:
+        s = req.sampling
+        stream = OutputStream(self.tokenizer, s, self._eos, self.context_len)
+        seed = s.seed if s.seed is not None else self._seeds.getrandbits(63)
+        st = ReqState(req=req, stream=stream, generator=make_generator(seed), emit=emit)
+        with self._cv:
+            if self._stopping:
+                raise EngineError("the engine is shutting down")
+            if req.rid in self._live:
+                raise DuplicateRequest(req.rid)
+            self._live.add(req.rid)
+            self._inbox.append(st)
+            self._cv.notify()
+
+    def abort(self, rid: str) -> None:
+        """End request ``rid`` wherever it is (``finish_reason="abort"``); unknown ids are ignored."""
+        with self._cv:
+            self._aborts.append(rid)
+            self._cv.notify()
+
+    # ---------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work):
+                        self._cv.wait()
+                    if self._stopping:
+                        return
+                if self.step() and self._last_batch_empty:
+                    with self._cv:  # blocked (e.g. waiting for pages): do not spin
+                        self._cv.wait(0.001)
+        except BaseException as exc:  # a bug or a device failure: fail every request loudly
+            log.exception("engine step loop failed")
+            self._error = exc
+            with self._lock:
+                self._drain_inbox()
+                sched = self.scheduler
+                for st in list(sched.running) + list(sched.waiting):
+                    self._forget(st)
+                    st.emit(EngineError(f"engine step failed: {exc!r}"))
+                sched.running.clear()
+                sched.waiting.clear()
+
+    def step(self) -> bool:
+        """Run one scheduler step; returns whether work remains. Called by the loop thread (tests
+        and benchmarks may call it directly on an engine that was never started)."""
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            raise EngineError("step() is driven by the engine thread once start() was called")
+        with self._lock:
+            self._drain_inbox()
+            batch = self.scheduler.schedule()
+            for st, hit in batch.admitted:
+                self.stats.on_admit(hit)
+                if not st.admitted_once:
+                    st.admitted_once = True
+                    st.cached_tokens = min(hit.device_hit + hit.host_hit, st.prompt_len)
+        self._last_batch_empty = not batch.seqs
+        logits = self.parts.runner.forward(batch.seqs) if batch.seqs else None
+        with self._lock:
+            if logits is not None:
+                self._process(batch, logits)
+            self._after_step(batch)
+            return self.scheduler.has_work
+
+    def _drain_inbox(self) -> None:
+        with self._cv:
+            new, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        for st in new:
+            self._workflow_event(st, started=True)
+            self.scheduler.add(st)
+        for rid in aborts:
+            gone = self.scheduler.remove(rid)
+            if gone is not None:
+                self._abort_state(gone, removed=True)
+
+    def _process(self, batch: Batch, logits: torch.Tensor) -> None:
+        rows, slots = [], []
+        for i, s in enumerate(batch.seqs):
+            st = s.state
+            st.computed += s.num_tokens
+            if st.num_pending == 0:
+                rows.append(i)
+                slots.append(SampleSlot(st.req.sampling, st.generator))
+        if not rows:
+            return
+        tokens = sample(logits[rows], slots)
+        for i, token in zip(rows, tokens):
+            st = batch.seqs[i].state
+            st.all_ids.append(token)
+            text, reason = st.stream.on_token(token, st.num_output, len(st.all_ids))
+            st.finish_reason = reason
+            if reason is not None:
+                self.scheduler.finish(st)
+                self._forget(st)
+            elif not st.prompt_cached:
+                st.prompt_cached = True
+                self.kv.share(st)
+            self._emit_token(st, token, text)
+
+    def _emit_token(self, st: ReqState, token: int, text: str) -> None:
+        st.unsent_ids.append(token)
+        st.unsent_text += text
+        n = st.num_output
+        if st.finish_reason is None and n > 1 and n % self.config.stream_interval:
+            return
+        out = st.output(st.unsent_ids, st.unsent_text)
+        st.unsent_ids, st.unsent_text = [], ""
+        st.emit(out)
+
+    def _after_step(self, batch: Batch) -> None:
+        sched = self.scheduler
+        mode = self._update_pressure()
+        self.stats.on_step(batch.prefill_tokens, len(batch.preempted), len(sched.running),
+                           len(sched.waiting), mode)
+
+    def _update_pressure(self) -> PressureMode:
+        """Feed the share of the device pool that eviction cannot reclaim to the pressure
+        controller and apply its mode's actions to the cache."""
+        pressure, cache = self.parts.pressure, self.parts.cache
+        mode = pressure.update(self.kv.held_fraction)
+        if cache is None:
+            return mode
+        acts = pressure.actions()
+        cache.eager_write_back = acts.write_back_eager
+        cache.admission_limit = acts.admit_max_steps
+        pool = self.parts.device_pool
+        want_free = math.ceil(acts.evict_target_free_fraction * pool.capacity)
+        if want_free > pool.num_free:
+            cache.evict_device(want_free - pool.num_free)
+        return mode
+
+    # ---------------------------------------------------------------- endings
+    def _abort_state(self, st: ReqState, removed: bool = False) -> None:
+        if not removed:
+            self.scheduler.remove(st.rid)
+        text, _ = st.stream.finish("abort")
+        st.finish_reason = "abort"
+        self._forget(st)
+        st.emit(st.output(st.unsent_ids, st.unsent_text + text))
+        st.unsent_ids, st.unsent_text = [], ""
+
+    def _forget(self, st: ReqState) -> None:
+        """Bookkeeping of a request that left the engine, done before its last output is sent so
+        that a caller reacting to that output sees workflows and request ids up to date."""
+        self._workflow_event(st, started=False)
+        with self._cv:
+            self._live.discard(st.rid)
+
+    def _workflow_event(self, st: ReqState, started: bool) -> None:
+        wid, aid = st.req.workflow_id, st.req.agent_id
+        if wid is None or aid is None:
+            return
+        try:
+            if started:
+                self.workflows.on_request(wid, aid)
+            else:
+                self.workflows.on_request_finished(wid, aid)
+        except WorkflowError as exc:  # e.g. the workflow was finished while the request ran
+            log.debug("workflow update for %s ignored: %s", st.rid, exc)
+
+    # ---------------------------------------------------------------- checks
+    def check_invariants(self) -> None:
+        """Assert page accounting (free + cached + in-use == total) and cache invariants."""
+        with self._lock:
+            self.kv.check()

@@ -1,0 +1,182 @@
+"""Device pages of running requests, on top of the radix prefix cache (or a bare pool when off).
+
+Page ownership: every device page is free, cached (owned by the radix tree), or in use (owned by
+exactly one running request). A request's page table starts with tree pages that it reuses
+(locked through one node, never written) followed by its own pages, where its new tokens'
+KV is written. Only whole pages are ever handed to the tree, so a request never writes a page
+that someone else can read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from context_forge.cache.node import RadixNode
+from context_forge.cache.pool import PagePool
+from context_forge.cache.tiered import RadixCache
+
+from .req_state import ReqState
+
+
+@dataclass
+class AdmitResult:
+    """Prefix reuse found at admission: ``device_hit`` tokens already on the device and
+    ``host_hit`` tokens loaded back from the host tier."""
+
+    device_hit: int
+    host_hit: int
+
+
+class KVManager:
+    """Allocates, shares and releases the device pages of requests."""
+
+    def __init__(self, page_size: int, device_pool: PagePool, cache: RadixCache | None) -> None:
+        self.page_size = page_size
+        self.pool = device_pool
+        self.cache = cache
+        self.in_use = 0
+        self._locked = Counter[int]()
+
+    # ---------------------------------------------------------------- admission
+    def admit(self, st: ReqState, reserve: int = 0) -> AdmitResult | None:
+        """Reuse the longest cached prefix of ``st.all_ids`` (loading host parts back), then
+        allocate own pages for every pending token. ``reserve`` extra pages must be obtainable
+        too (then stay free) so that running requests can keep decoding. ``None``: no room; the
+        request holds nothing (a loaded-back prefix stays cached)."""
+        assert not st.page_table and st.node is None
+        ps = self.page_size
+        tokens = st.all_ids
+        device_hit = host_hit = 0
+        shared: list[int] = []
+        cache = self.cache
+        if cache is not None:
+            key = tokens[:len(tokens) - 1]  # the last token is always computed, for its logits
+            agent = st.req.agent_id
+            m = cache.match(key, agent_id=agent)
+            device_hit = m.device_len
+            if m.host_len:
+                host_hit = cache.load_back(m.last_node)
+                if host_hit:
+                    m = cache.match(key, agent_id=agent, touch=False)
+            shared = m.device_pages
+            node = m.last_device_node
+            if node is not None:
+                cache.lock(node)
+                st.node = node
+        need = -(-len(tokens) // ps) - len(shared)
+        pages = self._alloc(need + reserve)
+        if pages is None:
+            if st.node is not None:
+                self.cache.unlock(st.node)  # type: ignore[union-attr]
+                st.node = None
+            return None
+        if reserve:
+            self.pool.free(pages[need:])
+            pages = pages[:need]
+        self._set_shared(st, shared)
+        st.page_table = shared + pages
+        st.computed = len(shared) * ps
+        self.in_use += need
+        return AdmitResult(device_hit, host_hit)
+
+    def ensure(self, st: ReqState, num_tokens: int) -> bool:
+        """Make ``st``'s page table cover its next ``num_tokens`` tokens, evicting cache if needed."""
+        need = -(-(st.computed + num_tokens) // self.page_size) - len(st.page_table)
+        if need <= 0:
+            return True
+        pages = self._alloc(need)
+        if pages is None:
+            return False
+        st.page_table.extend(pages)
+        self.in_use += need
+        return True
+
+    def _alloc(self, n: int) -> list[int] | None:
+        if self.cache is not None:
+            return self.cache.alloc_device(n)
+        return self.pool.alloc(n)
+
+    # ---------------------------------------------------------------- sharing and release
+    def share(self, st: ReqState) -> None:
+        """Hand ``st``'s computed whole pages to the cache now (other requests can reuse them while
+        it keeps running); its page table switches to the tree's pages."""
+        if not self._has_new_pages(st):
+            return
+        tree, node = self._insert(st)
+        self.cache.lock(node)  # type: ignore[union-attr]
+        if st.node is not None:
+            self.cache.unlock(st.node)  # type: ignore[union-attr]
+        st.node = node
+        self._adopt(st, tree)
+
+    def release(self, st: ReqState) -> None:
+        """Give back every page ``st`` holds: computed whole pages go to the cache, the rest are freed."""
+        if self._has_new_pages(st):
+            tree, _ = self._insert(st)
+            self._adopt(st, tree)
+        own = st.own_pages
+        if own:
+            self.pool.free(own)
+            self.in_use -= len(own)
+        if st.node is not None:
+            self.cache.unlock(st.node)  # type: ignore[union-attr]
+        self._set_shared(st, [])
+        st.page_table = []
+        st.node = None
+        st.computed = 0
+
+    def _has_new_pages(self, st: ReqState) -> bool:
+        return self.cache is not None and st.computed // self.page_size > st.shared_pages
+
+    def _insert(self, st: ReqState) -> tuple[list[int], RadixNode]:
+        assert self.cache is not None
+        full = st.computed // self.page_size
+        res = self.cache.insert(st.all_ids[:full * self.page_size], st.page_table[:full],
+                                agent_id=st.req.agent_id)
+        return res.pages, res.node
+
+    def _adopt(self, st: ReqState, tree: list[int]) -> None:
+        """Point ``st.page_table[:len(tree)]`` at the tree's pages and free the own pages that the
+        tree already had a copy of; those pages all leave the in-use count."""
+        table = st.page_table
+        assert table[:st.shared_pages] == tree[:st.shared_pages], "shared prefix pages moved"
+        redundant = []
+        for i in range(st.shared_pages, len(tree)):
+            if table[i] != tree[i]:
+                redundant.append(table[i])
+                table[i] = tree[i]
+        if redundant:
+            self.pool.free(redundant)
+        self.in_use -= len(tree) - st.shared_pages
+        self._set_shared(st, tree)
+
+    def _set_shared(self, st: ReqState, shared: list[int]) -> None:
+        old = st.page_table[:st.shared_pages]
+        self._locked.subtract(old)
+        for p in old:
+            if self._locked[p] <= 0:
+                del self._locked[p]
+        self._locked.update(shared)
+        st.shared_pages = len(shared)
+
+    # ---------------------------------------------------------------- accounting
+    @property
+    def locked_pages(self) -> int:
+        """Distinct cached pages that running requests reuse (not evictable now)."""
+        return len(self._locked)
+
+    @property
+    def held_fraction(self) -> float:
+        """Fraction of the device pool that eviction cannot reclaim now."""
+        cap = self.pool.capacity
+        return min(1.0, (self.in_use + self.locked_pages) / cap) if cap else 0.0
+
+    def check(self) -> None:
+        """Assert free + cached + in-use == total (and the cache's own invariants)."""
+        if self.cache is not None:
+            self.cache.check(external_device_pages=self.in_use)
+        else:
+            self.pool.check()
+            assert self.pool.num_free + self.in_use == self.pool.capacity, (
+                f"free {self.pool.num_free} + in-use {self.in_use} != total {self.pool.capacity}")

@@ -1,0 +1,83 @@
+"""Every metric the engine loop updates, in one place (names come from ``context_forge.metrics``).
+
+Per-request metrics (request counts, prompt/completion tokens, TTFT, end-to-end latency,
+per-workflow counts) are the HTTP server's: it sees each request's outputs and updates them
+itself, so the engine must not count them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from context_forge.cache.pool import PagePool
+from context_forge.cache.tiered import CacheStats, RadixCache
+from context_forge.memory.pressure import PressureMode
+from context_forge.metrics import Metrics
+
+from .kv_manager import AdmitResult
+
+
+@dataclass
+class EngineCounters:
+    """Running totals kept by the engine itself (also readable without Prometheus)."""
+
+    device_hit_tokens: int = 0
+    host_hit_tokens: int = 0
+    recomputed_tokens: int = 0
+    load_backs: int = 0
+    preemptions: int = 0
+    steps: int = 0
+
+
+class EngineStats:
+    """Feeds ``Metrics`` from admissions, steps and the cache's cumulative ``CacheStats``."""
+
+    def __init__(self, metrics: Metrics, device_pool: PagePool, host_pool: PagePool | None,
+                 cache: RadixCache | None) -> None:
+        self.metrics = metrics
+        self.counters = EngineCounters()
+        self._device_pool = device_pool
+        self._host_pool = host_pool
+        self._cache = cache
+        self._seen = CacheStats()
+        metrics.pool_capacity_pages.set(device_pool.capacity, pool="device")
+        if host_pool is not None:
+            metrics.pool_capacity_pages.set(host_pool.capacity, pool="host")
+
+    def on_admit(self, hit: AdmitResult) -> None:
+        c, m = self.counters, self.metrics
+        c.device_hit_tokens += hit.device_hit
+        c.host_hit_tokens += hit.host_hit
+        if hit.device_hit:
+            m.device_hit_tokens.inc(hit.device_hit)
+        if hit.host_hit:
+            c.load_backs += 1
+            m.host_hit_tokens.inc(hit.host_hit)
+            m.load_backs.inc()
+
+    def on_step(self, prefill_tokens: int, preempted: int, running: int, waiting: int,
+                mode: PressureMode) -> None:
+        c, m = self.counters, self.metrics
+        c.steps += 1
+        c.recomputed_tokens += prefill_tokens
+        c.preemptions += preempted
+        m.running_requests.set(running)
+        m.waiting_requests.set(waiting)
+        m.pressure_mode.set(int(mode))
+        m.pool_used_pages.set(self._device_pool.num_used, pool="device")
+        if self._host_pool is not None:
+            m.pool_used_pages.set(self._host_pool.num_used, pool="host")
+        if self._cache is not None:
+            self._cache_deltas(self._cache.stats)
+
+    def _cache_deltas(self, now: CacheStats) -> None:
+        seen, m = self._seen, self.metrics
+        delta = {f.name: getattr(now, f.name) - getattr(seen, f.name) for f in fields(CacheStats)}
+        if delta["device_evicted_pages"]:
+            m.evicted_pages.inc(delta["device_evicted_pages"], tier="device")
+        if delta["host_evicted_pages"]:
+            m.evicted_pages.inc(delta["host_evicted_pages"], tier="host")
+        if delta["loaded_back_pages"]:
+            m.load_back_pages.inc(delta["loaded_back_pages"])
+        for name, value in delta.items():
+            setattr(seen, name, getattr(seen, name) + value)
