@@ -1,0 +1,23 @@
+"""The README's configuration reference matches the code, and its quick-start commands exist."""
+
+from pathlib import Path
+
+from context_forge.config import ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_config_reference_is_current():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
+    assert block.strip() == ServerConfig.reference_markdown().strip(), (
+        "README configuration reference is stale: run python scripts/update_readme_reference.py")
+
+
+def test_quick_start_commands_point_at_real_files():
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m context_forge.launch_server --config configs/tiny-cpu.yaml" in readme
+    assert "bash scripts/test.sh" in readme
+    assert (ROOT / "configs/tiny-cpu.yaml").is_file()
+    ci = (ROOT / ".ci/run").read_text()
+    assert "bash scripts/test.sh" in ci
