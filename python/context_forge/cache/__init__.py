@@ -4,11 +4,11 @@ from .node import LoadTicket, RadixNode
 from .policy import EvictionPolicy, available_policies, get_policy, register_policy
 from .pool import PagePool, PoolExhausted
 from .radix import InsertResult, MatchResult, RadixTree
-from .tiered import CacheStats, RadixCache
+from .tiered import CacheStats, LoadPlan, RadixCache
 from .transfer import CountingTransfer, KVTransfer
 
 __all__ = [
     "RadixNode", "LoadTicket", "EvictionPolicy", "available_policies", "get_policy", "register_policy",
-    "PagePool", "PoolExhausted", "InsertResult", "MatchResult", "RadixTree", "CacheStats",
+    "PagePool", "PoolExhausted", "InsertResult", "MatchResult", "RadixTree", "CacheStats", "LoadPlan",
     "RadixCache", "CountingTransfer", "KVTransfer",
 ]

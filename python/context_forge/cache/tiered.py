@@ -31,6 +31,18 @@ WRITE_POLICIES = ("write_back", "write_through", "write_through_selective")
 
 
 @dataclass
+class LoadPlan:
+    """A reserved host->device load: copy ``host_pages[i]`` to ``device_pages[i]``, then
+    :meth:`RadixCache.finish_loading` ``(ticket, nodes)``."""
+
+    nodes: list[RadixNode]
+    host_pages: list[int]
+    device_pages: list[int]
+    ticket: LoadTicket
+    tokens: int
+
+
+@dataclass
 class CacheStats:
     device_evicted_pages: int = 0
     dropped_pages: int = 0
@@ -258,32 +270,48 @@ class RadixCache(RadixTree):
         out.reverse()
         return out
 
-    def load_back(self, node: RadixNode, limit: tuple | None = None) -> int:
-        """Bring the host-only part of the path to ``node`` onto the device. Returns tokens loaded
-        (0 when nothing was host-only or the device has no room even after eviction). With
-        ``limit``, only nodes ranked below it are evicted to make room (see :meth:`evict_device`)."""
+    def begin_load(self, node: RadixNode, limit: tuple | None = None) -> LoadPlan | None:
+        """Reserve device pages for the host-only part of the path to ``node`` without copying.
+
+        The nodes get their device page ids at once and are marked loading with a fresh ticket
+        (not evictable); the caller copies ``plan.host_pages`` -> ``plan.device_pages`` (e.g. on a
+        copy stream) and then calls :meth:`finish_loading`. ``None`` when nothing is host-only or
+        there is no room (with ``limit``: none without evicting more valuable nodes).
+        """
         todo = self.host_only_suffix(node)
         if not todo:
-            return 0
+            return None
         need = sum(len(n.host_pages or ()) for n in todo)
         self.lock(node)
         try:
             pages = self.alloc_device(need, limit)
-            if pages is None:
-                return 0
-            host_pages: list[int] = []
-            offset = 0
-            for n in todo:
-                k = len(n.host_pages)  # type: ignore[arg-type]
-                n.device_pages = pages[offset:offset + k]
-                host_pages.extend(n.host_pages)  # type: ignore[arg-type]
-                offset += k
-            self.transfer.host_to_device(host_pages, pages)
-            self.device_cached_pages += need
-            self.stats.loaded_back_pages += need
         finally:
             self.unlock(node)
-        return need * self.page_size
+        if pages is None:
+            return None
+        host_pages: list[int] = []
+        offset = 0
+        ticket = LoadTicket()
+        for n in todo:
+            k = len(n.host_pages)  # type: ignore[arg-type]
+            n.device_pages = pages[offset:offset + k]
+            n.loading = ticket
+            host_pages.extend(n.host_pages)  # type: ignore[arg-type]
+            offset += k
+        self.device_cached_pages += need
+        self.stats.loaded_back_pages += need
+        return LoadPlan(todo, host_pages, pages, ticket, need * self.page_size)
+
+    def load_back(self, node: RadixNode, limit: tuple | None = None) -> int:
+        """Bring the host-only part of the path to ``node`` onto the device now (synchronous
+        copy through ``self.transfer``). Returns tokens loaded (0 when nothing was host-only or
+        the device has no room even after eviction; see :meth:`begin_load` for ``limit``)."""
+        plan = self.begin_load(node, limit)
+        if plan is None:
+            return 0
+        self.transfer.host_to_device(plan.host_pages, plan.device_pages)
+        self.finish_loading(plan.ticket, plan.nodes)
+        return plan.tokens
 
     def set_loading(self, nodes: Sequence[RadixNode], ticket: LoadTicket) -> None:
         """Mark nodes whose device copy is still arriving: they are not evicted until
