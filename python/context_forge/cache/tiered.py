@@ -83,16 +83,20 @@ class RadixCache(RadixTree):
         self._seq = itertools.count()
 
     # ---------------------------------------------------------------- candidates and heaps
-    def _alive(self, node: RadixNode) -> bool:
-        parent = node.parent
-        return parent is not None and parent.children.get(self._first_page(node.key, 0)) is node
+    @staticmethod
+    def _alive(node: RadixNode) -> bool:
+        """Deleted nodes get ``parent = None`` (the root is never a candidate)."""
+        return node.parent is not None
 
-    def _device_candidate(self, node: RadixNode) -> bool:
-        return node.lock_ref == 0 and not node.is_loading and node.is_device_leaf() and self._alive(node)
+    @staticmethod
+    def _device_candidate(node: RadixNode) -> bool:
+        return (node.lock_ref == 0 and node.parent is not None and not node.is_loading
+                and node.is_device_leaf())
 
-    def _host_candidate(self, node: RadixNode) -> bool:
-        return (node.lock_ref == 0 and not node.is_loading and node.device_pages is None
-                and not node.children and self._alive(node))
+    @staticmethod
+    def _host_candidate(node: RadixNode) -> bool:
+        return (node.lock_ref == 0 and node.parent is not None and node.device_pages is None
+                and not node.children and not node.is_loading)
 
     def _push(self, node: RadixNode) -> None:
         if node.parent is None or node.lock_ref:
@@ -186,13 +190,11 @@ class RadixCache(RadixTree):
         self.device_pool.free(pages)
         self.device_cached_pages -= len(pages)
         self.stats.device_evicted_pages += len(pages)
-        parent = node.parent
         if node.host_pages is None:
             self._delete_subtree(node)
         else:
             self._push(node)
-        if parent is not None:
-            self._push(parent)
+            self._push(node.parent)  # type: ignore[arg-type]
         return len(pages)
 
     def _delete_subtree(self, node: RadixNode) -> None:
@@ -215,8 +217,8 @@ class RadixCache(RadixTree):
                 self.stats.dropped_pages += len(n.host_pages)
                 n.host_pages = None
             n.children = {}
+            n.parent = None
             self._forget_node(n)
-        node.parent = None
         self._push(parent)
 
     def evict_device(self, num_pages: int, limit: tuple | None = None) -> int:
@@ -336,7 +338,8 @@ class RadixCache(RadixTree):
         dev_total = host_total = 0
         for node in self.nodes():
             parent = node.parent
-            assert parent is not None and self._alive(node), f"{node!r} detached"
+            assert parent is not None and parent.children.get(self._first_page(node.key, 0)) is node, \
+                f"{node!r} detached"
             assert len(node.key) > 0 and len(node.key) % ps == 0, f"{node!r} key not page aligned"
             k = len(node.key) // ps
             assert node.device_pages is not None or node.host_pages is not None, f"{node!r} holds no pages"
