@@ -8,4 +8,5 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q -e ".[dev]"
+PYTHON="$PY" bash scripts/install_sglang_cpu.sh
 exec "$PY" -m pytest -q "$@"

@@ -33,8 +33,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if config.backend == "sglang":
         from context_forge.sglang.launch import launch
+        from context_forge.sglang.version import UnsupportedSGLangVersion
 
-        launch(config)
+        try:
+            launch(config)
+        except (ConfigError, UnsupportedSGLangVersion) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     else:
         from context_forge.server.app import serve
 

@@ -1,0 +1,60 @@
+"""The ``workflow`` eviction strategy for SGLang's radix tree.
+
+SGLang evicts the node with the smallest ``get_priority`` first. A node's urgency is the most
+urgent (fewest steps-to-execution) agent among those that used it or a descendant; agents beyond
+``evict_pri_level`` steps, and nodes no workflow agent used, share the farthest tier, evicted
+first. Within a tier the least recently used node goes first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sglang.srt.mem_cache.evict_policy import EvictionStrategy
+
+from context_forge.sglang.registry import WorkflowRegistry, get_registry
+from context_forge.sglang.tags import agents_of
+
+__all__ = ["POLICY_NAME", "WorkflowStrategy"]
+
+POLICY_NAME = "workflow"
+
+
+class WorkflowStrategy(EvictionStrategy):
+    """Order: (farthest steps tier first, then least recently used).
+
+    ``evict_pri_level`` may come from ``--radix-eviction-policy-config``; otherwise the
+    registry's settings give it. Construction happens inside SGLang's tree core, so the registry
+    is this process's (`get_registry`) until the cache binds its own with `bind`.
+    """
+
+    def __init__(self, evict_pri_level: int | None = None) -> None:
+        if evict_pri_level is not None and (
+            isinstance(evict_pri_level, bool) or not isinstance(evict_pri_level, int) or evict_pri_level < 0
+        ):
+            raise ValueError(f"workflow eviction policy: evict_pri_level must be an integer >= 0, got {evict_pri_level!r}")
+        self._level = evict_pri_level
+        self.registry: WorkflowRegistry | None = None
+
+    def bind(self, registry: WorkflowRegistry) -> None:
+        self.registry = registry
+
+    @property
+    def evict_pri_level(self) -> int:
+        if self._level is not None:
+            return self._level
+        return self._registry().settings.evict_pri_level
+
+    def _registry(self) -> WorkflowRegistry:
+        if self.registry is None:
+            self.registry = get_registry()
+        return self.registry
+
+    def steps(self, node: Any) -> float:
+        """Fewest steps-to-execution among the node's agents (inf when none is expected)."""
+        registry = self._registry()
+        return min((registry.priority(a) for a in agents_of(node)), default=math.inf)
+
+    def get_priority(self, node: Any) -> tuple[float, float]:
+        tier = min(self.steps(node), float(self.evict_pri_level + 1))
+        return (-tier, node.last_access_time)
