@@ -6,14 +6,17 @@ modelled (:class:`~context_forge.sim.cost_model.CostModel`). Each iteration eith
 requests and runs their prefill (one step, up to ``chunked_prefill_size`` new tokens), or runs
 decode steps for the running batch until the next event. A request is sent when everything in its
 ``after`` list finished plus ``delay_s`` (roots at ``arrival_s``); it holds device pages for its
-prompt and output from admission to completion, then its prompt is inserted into the cache.
+prompt and output from admission to completion. Right after its prefill its prompt's whole pages
+are inserted into the cache (locked until it completes), as the engine does, so requests admitted
+later share them.
 
 Transfers: an admitted request whose prefix is on the host only loads it back at once (an
 on-demand load: it pre-empts queued prefetches, and the GPU stalls for it). With
-``load_ahead_step`` > 0 (kvflow / pbkv), after every workflow event the agents due within that many
-steps (declared graph) or likely within it (predictor, pbkv) get the host-only part of their last
-prompt loaded in the background, sharing the host->device link but overlapping compute; a request
-that arrives before its prefetch completes stalls only for the remainder.
+``load_ahead_step`` > 0 (kvflow / pbkv), after every request completion the agents of its workflow
+due within that many steps (declared graph) or likely within it (predictor, pbkv) get the
+host-only part of their last prompt loaded in the background, sharing the host->device link but
+overlapping compute; a request that arrives before its prefetch completes stalls only for the
+remainder.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import heapq
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from context_forge.cache import CountingTransfer, LoadTicket, PagePool, RadixCache, RadixNode, get_policy
@@ -38,6 +42,18 @@ PREFETCHING_POLICIES = ("kvflow", "pbkv")
 
 class SimError(RuntimeError):
     """The trace cannot be replayed under this configuration (e.g. a request larger than the device)."""
+
+
+class _DevicePool(PagePool):
+    """The real device pool, telling the simulator which pages are freed (prefetch-waste accounting)."""
+
+    def __init__(self, capacity: int, on_free: Callable[[list[int]], None]) -> None:
+        super().__init__(capacity, "device")
+        self._on_free = on_free
+
+    def free(self, pages: list[int]) -> None:
+        self._on_free(pages)
+        super().free(pages)
 
 
 @dataclass
@@ -91,9 +107,10 @@ class Simulator:
                 self.children[d].append(i)
         self.workflows = LiveWorkflows(weight=config.blend_weight)
         self.oracle: BeladyOracle | None = None
+        self.prefetched: set[int] = set()
         ps = config.page_size
         self.cache = RadixCache(
-            ps, PagePool(config.device_tokens // ps, "device"),
+            ps, _DevicePool(config.device_tokens // ps, self._on_device_free),
             PagePool(config.host_tokens // ps, "host") if config.host_tokens >= ps else None,
             self._make_policy(), CountingTransfer(), config.write_policy)
         self.prefetch_on = (config.policy in PREFETCHING_POLICIES and config.load_ahead_step > 0
@@ -132,7 +149,7 @@ class Simulator:
         self.waiting: deque[int] = deque()
         self.running: list[_Running] = []
         self.loads: list[tuple[float, int, LoadTicket, list[RadixNode]]] = []
-        self.prefetched: dict[RadixNode, int] = {}
+        self.prefetched = set()
         self.last_node: dict[tuple[str, str], RadixNode] = {}
         self.last_agent_node: dict[str, RadixNode] = {}
         self.send_time = [0.0] * len(self.reqs)
@@ -155,7 +172,8 @@ class Simulator:
                 f"request {head.id if head else '?'} cannot be admitted: it needs "
                 f"{self._pages_needed(self.waiting[0]) if head else '?'} device pages, the device holds "
                 f"{self.cache.device_pool.capacity}")
-        self._sweep_wasted(final=True)
+        self.stats.prefetch_wasted_tokens += len(self.prefetched) * self.cfg.page_size
+        self.prefetched.clear()
         self.cache.check(external_device_pages=0)
         return self.stats.result(self.now, self.cache, time.perf_counter() - wall, self.cfg)
 
@@ -187,7 +205,7 @@ class Simulator:
     def _admit(self) -> bool:
         cache, cost, ps = self.cache, self.cost, self.cfg.page_size
         budget = self.cfg.chunked_prefill_size
-        compute = stall = 0.0
+        compute = stall = load_s = 0.0
         admitted: list[_Running] = []
         while self.waiting and len(self.running) + len(admitted) < self.cfg.max_running and budget > 0:
             i = self.waiting[0]
@@ -205,7 +223,9 @@ class Simulator:
             if host_hit:
                 loaded = cache.load_back(m.last_node)
                 if loaded:
+                    before = stall
                     stall = self._on_demand_load(loaded, stall)
+                    load_s += stall - before
                 m = cache.match(tokens, touch=False)
             cached = m.device_len
             own = cache.alloc_device(self._pages_needed(i) - cached // ps)
@@ -216,19 +236,26 @@ class Simulator:
                 break
             self.waiting.popleft()
             prefetch_hit = 0
-            for node in m.nodes:
-                got = self.prefetched.pop(node, 0)
-                prefetch_hit += got
+            if self.prefetched:
+                used = self.prefetched.intersection(m.device_pages)
+                self.prefetched -= used
+                prefetch_hit = len(used) * ps
             new = r.prompt_len - cached
             compute += cost.prefill_time(new, cached)
             budget -= new
             self.stats.admitted(r.prompt_len, device_hit, host_hit, loaded, new, prefetch_hit)
             admitted.append(_Running(i, m.last_node, list(m.device_pages), own, r.output_tokens, r.prompt_len))
         if not admitted:
+            # The head request loaded its host prefix, then found no room: the transfer still
+            # took link and GPU time (as in the engine, the loaded prefix stays cached).
+            self.stats.stall_s += load_s
+            self.now += load_s
             return False
         self.stats.stall_s += stall
         self.now += stall + compute
         finished = []
+        for run in admitted:
+            self._share(run)
         for run in admitted:
             run.remaining -= 1
             run.ctx += 1
@@ -257,7 +284,7 @@ class Simulator:
         ctx = sum(r.ctx for r in self.running)
         step = self.cost.decode_step_time(batch, ctx + batch * 0.5)
         k = min(r.remaining for r in self.running)
-        if self.ready:
+        if self.ready and step > 0:
             k = min(k, max(1, math.ceil((self.ready[0][0] - self.now) / step)))
         step = self.cost.decode_step_time(batch, ctx + batch * k / 2)
         self.now += k * step
@@ -271,23 +298,36 @@ class Simulator:
         for run in finished:
             self._finish(run)
 
-    def _finish(self, run: _Running) -> None:
+    def _share(self, run: _Running) -> None:
+        """After prefill the prompt's whole pages join the cache (as the engine's ``KVManager.share``
+        does), so requests admitted later reuse them while this one is still decoding. The
+        request's lock moves to the inserted node; pages the tree already held are given back."""
         cache, ps = self.cache, self.cfg.page_size
+        r = self.reqs[run.idx]
+        n_prompt = r.prompt_len // ps
+        pages = run.prefix_pages + run.own_pages
+        res = cache.insert(r.tokens(self.vocab)[:n_prompt * ps], pages[:n_prompt], r.agent_id)
+        cache.lock(res.node)
+        cache.unlock(run.node)
+        run.node = res.node
+        kept = len(res.pages)
+        cache.device_pool.free(res.redundant(pages[:kept]))
+        run.prefix_pages = list(res.pages)
+        run.own_pages = pages[kept:]
+
+    def _finish(self, run: _Running) -> None:
+        cache = self.cache
         i = run.idx
         r = self.reqs[i]
-        tokens = r.tokens(self.vocab)
-        n_prompt = len(tokens) // ps
-        pages = run.prefix_pages + run.own_pages
-        res = cache.insert(tokens[:n_prompt * ps], pages[:n_prompt], r.agent_id)
-        cache.device_pool.free(res.redundant(pages[:n_prompt]) + pages[n_prompt:])
+        cache.device_pool.free(run.own_pages)
         cache.unlock(run.node)
         self.done += 1
         self.stats.finished(i, self.now - self.send_time[i])
         wf = r.workflow_id
         self.workflows.on_request_finished(wf, r.agent_id)
-        if res.node.parent is not None:
-            self.last_node[(wf, r.agent_id)] = res.node
-            self.last_agent_node[r.agent_id] = res.node
+        if run.node.parent is not None:
+            self.last_node[(wf, r.agent_id)] = run.node
+            self.last_agent_node[r.agent_id] = run.node
         self.wf_left[wf] -= 1
         if self.wf_left[wf] == 0:
             self.workflows.finish(wf)
@@ -313,7 +353,6 @@ class Simulator:
         return [a for _, a in likely]
 
     def _prefetch(self, wf: str) -> None:
-        self._sweep_wasted()
         cache = self.cache
         for agent in self._due_agents(wf):
             node = self.last_node.get((wf, agent))
@@ -335,14 +374,19 @@ class Simulator:
             cache.set_loading(todo, ticket)
             heapq.heappush(self.loads, (self.link_free, id(ticket), ticket, todo))
             for n in todo:
-                self.prefetched[n] = len(n.key)
+                self.prefetched.update(n.device_pages or ())
             self.stats.prefetched_tokens += loaded
 
-    def _sweep_wasted(self, final: bool = False) -> None:
-        """Prefetched nodes evicted from the device before any request used them were wasted."""
-        gone = [n for n in self.prefetched if n.device_pages is None or final]
-        for n in gone:
-            self.stats.prefetch_wasted_tokens += self.prefetched.pop(n)
+    def _on_device_free(self, pages: list[int]) -> None:
+        """Prefetched pages freed before any request used them were wasted.
+
+        Accounting is per page, not per node: a request that uses the upper part of a prefetched
+        node splits it, and only the pages it used count as prefetch hits."""
+        if self.prefetched:
+            gone = self.prefetched.intersection(pages)
+            if gone:
+                self.prefetched -= gone
+                self.stats.prefetch_wasted_tokens += len(gone) * self.cfg.page_size
 
 
 def simulate(trace: Trace, config: SimConfig, cost: CostModel | None = None) -> SimResult:
