@@ -32,6 +32,7 @@ from context_forge.cache import CountingTransfer, LoadTicket, PagePool, RadixCac
 from context_forge.trace.records import Trace
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.scope import scope_key
 
 from .cost_model import CostModel
 from .oracle import BeladyOracle, ideal_times
@@ -69,6 +70,9 @@ class SimConfig:
     chunked_prefill_size: int = 8192
     max_running: int = 256
     prefetch_min_prob: float = 0.3
+    scope_by_workflow: bool = True
+    """Tag nodes with (workflow, agent) and rank by that workflow's own steps (see workflow.scope);
+    False ranks by the agent's minimum over all workflows."""
 
     def validate(self) -> None:
         if self.page_size < 1:
@@ -121,14 +125,21 @@ class Simulator:
             self.wf_left[r.workflow_id] = self.wf_left.get(r.workflow_id, 0) + 1
         self.stats = StatsCollector(config.policy, len(self.reqs))
 
+    def _tag(self, r) -> str:
+        """What the cache records on the nodes a request uses (see workflow.scope)."""
+        return scope_key(r.workflow_id, r.agent_id) if self.cfg.scope_by_workflow else r.agent_id
+
     def _make_policy(self):
         name, cfg = self.cfg.policy, self.cfg
         if name == "lru":
             return get_policy("lru")
         if name == "kvflow":
-            return get_policy("kvflow", priority=self.workflows.graph_priority, evict_pri_level=cfg.evict_pri_level)
+            source = self.workflows.scoped_graph_priority if cfg.scope_by_workflow else self.workflows.graph_priority
+            return get_policy("kvflow", priority=source, evict_pri_level=cfg.evict_pri_level)
         if name == "pbkv":
-            return get_policy("pbkv", priority=self.workflows.blended_priority, evict_pri_level=cfg.evict_pri_level)
+            source = (self.workflows.scoped_blended_priority if cfg.scope_by_workflow
+                      else self.workflows.blended_priority)
+            return get_policy("pbkv", priority=source, evict_pri_level=cfg.evict_pri_level)
         if name == "belady":
             c = self.cost
             service = [c.prefill_time(r.prompt_len, 0) + r.output_tokens * c.decode_step_time(1, r.prompt_len)
@@ -213,7 +224,7 @@ class Simulator:
             tokens = r.tokens(self.vocab)
             if self.oracle is not None:
                 self.oracle.started(i)
-            m = cache.match(tokens, agent_id=r.agent_id)
+            m = cache.match(tokens, agent_id=self._tag(r))
             cache.lock(m.last_node)
             device_hit, host_hit = m.device_len, m.host_len
             for node in m.nodes:
@@ -306,7 +317,7 @@ class Simulator:
         r = self.reqs[run.idx]
         n_prompt = r.prompt_len // ps
         pages = run.prefix_pages + run.own_pages
-        res = cache.insert(r.tokens(self.vocab)[:n_prompt * ps], pages[:n_prompt], r.agent_id)
+        res = cache.insert(r.tokens(self.vocab)[:n_prompt * ps], pages[:n_prompt], self._tag(r))
         cache.lock(res.node)
         cache.unlock(run.node)
         run.node = res.node

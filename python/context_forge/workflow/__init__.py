@@ -18,7 +18,9 @@ from context_forge.workflow.priority import (
     GraphPriority,
     LiveWorkflows,
     PredictorPriority,
+    ScopedPriority,
 )
+from context_forge.workflow.scope import scope_key, split_scope
 from context_forge.workflow.tracker import StepTracker
 
 __all__ = [
@@ -34,10 +36,13 @@ __all__ = [
     "MarkovPredictor",
     "PredictorFormatError",
     "PredictorPriority",
+    "ScopedPriority",
     "StepTracker",
     "UnknownAgentError",
     "UnknownDependencyError",
     "UnknownWorkflowError",
     "WorkflowError",
     "WorkflowGraph",
+    "scope_key",
+    "split_scope",
 ]

@@ -11,6 +11,7 @@ from context_forge.workflow.errors import UnknownWorkflowError, WorkflowError
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.minmap import KeyedMin
 from context_forge.workflow.predictor import MarkovPredictor
+from context_forge.workflow.scope import scope_key, split_scope
 from context_forge.workflow.tracker import StepTracker
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
     "PredictorPriority",
 ]
 
-PRIORITY_NAMES = ("graph", "predictor", "blended")
+PRIORITY_NAMES = ("graph", "predictor", "blended", "scoped_graph", "scoped_blended")
 
 
 class AgentPriority(ABC):
@@ -69,6 +70,7 @@ class PredictorPriority(AgentPriority):
         self._contrib: dict[str, dict[str, float]] = {}
         self._mins: dict[str, KeyedMin] = {}
         self._hub = ChangeHub()
+        self._scoped_hub = ChangeHub()
 
     def refresh(self, workflow_id: str, running: Collection[str] = ()) -> None:
         """Recompute the workflow's contributions from the predictor's current state."""
@@ -91,6 +93,15 @@ class PredictorPriority(AgentPriority):
     def workflows(self) -> list[str]:
         return list(self._contrib)
 
+    def value(self, workflow_id: str, agent_id: str) -> float:
+        """The workflow's own expected steps for the agent (`math.inf` when it has none)."""
+        table = self._contrib.get(workflow_id)
+        return math.inf if table is None else table.get(agent_id, math.inf)
+
+    def subscribe_scoped(self) -> ChangeFeed:
+        """A feed of `scope_key(workflow_id, agent_id)` whose per-workflow value changed."""
+        return self._scoped_hub.subscribe()
+
     def priority(self, agent_id: str) -> float:
         m = self._mins.get(agent_id)
         return math.inf if m is None else m.min
@@ -99,6 +110,8 @@ class PredictorPriority(AgentPriority):
         return self._hub.subscribe()
 
     def _update(self, agent: str, workflow_id: str, value: float | None) -> None:
+        if self._scoped_hub.active:
+            self._scoped_hub.publish(scope_key(workflow_id, agent))
         m = self._mins.get(agent)
         if m is None:
             m = self._mins[agent] = KeyedMin()
@@ -142,6 +155,47 @@ class BlendedPriority(AgentPriority):
         return ChangeFeed(sources=(self.graph.subscribe(), self.predictor.subscribe()))
 
 
+class ScopedPriority(AgentPriority):
+    """Priority of a `scope_key(workflow_id, agent_id)`: the agent's steps within that workflow.
+
+    With ``weight`` None only the declared graph counts (``g`` = the instance's steps for the agent,
+    `math.inf` once the instance no longer needs it); otherwise the workflow's own predicted steps
+    ``q`` are blended in as in `BlendedPriority`: ``w * g + (1 - w) * q`` when both are finite, else
+    the finite one, else `math.inf`. A key without a workflow falls back to `fallback` (the
+    agent's minimum over all workflows).
+    """
+
+    def __init__(self, tracker: StepTracker, predicted: PredictorPriority, fallback: AgentPriority,
+                 weight: float | None = None) -> None:
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                                   or not 0 <= weight <= 1):
+            raise WorkflowError(f"weight must be a number in [0, 1], got {weight!r}")
+        self.tracker = tracker
+        self.predicted = predicted
+        self.fallback = fallback
+        self.weight = weight
+
+    def priority(self, agent_id: str) -> float:
+        wf, agent = split_scope(agent_id)
+        if wf is None:
+            return self.fallback.priority(agent)
+        g = self.tracker.instance_value(wf, agent)
+        if self.weight is None:
+            return g
+        q = self.predicted.value(wf, agent)
+        if g == math.inf:
+            return q
+        if q == math.inf:
+            return g
+        return self.weight * g + (1.0 - self.weight) * q
+
+    def subscribe(self) -> ChangeFeed:
+        sources = [self.tracker.subscribe_scoped(), self.fallback.subscribe()]
+        if self.weight is not None:
+            sources.append(self.predicted.subscribe_scoped())
+        return ChangeFeed(sources=sources)
+
+
 class LiveWorkflows:
     """Live workflows as the engine/simulator sees them, and the priorities derived from them.
 
@@ -158,6 +212,8 @@ class LiveWorkflows:
         self._graph = GraphPriority(self.tracker)
         self._predicted = PredictorPriority(self.predictor, horizon)
         self._blended = BlendedPriority(self._graph, self._predicted, weight)
+        self._scoped_graph = ScopedPriority(self.tracker, self._predicted, self._graph)
+        self._scoped_blended = ScopedPriority(self.tracker, self._predicted, self._blended, weight)
         self._dynamic: dict[str, dict[str, int]] = {}
 
     def register(self, instance_id: str, graph: WorkflowGraph) -> None:
@@ -230,12 +286,24 @@ class LiveWorkflows:
     def blended_priority(self) -> BlendedPriority:
         return self._blended
 
+    @property
+    def scoped_graph_priority(self) -> ScopedPriority:
+        """Per-workflow steps from declared graphs, for keys made by `scope_key` (kvflow)."""
+        return self._scoped_graph
+
+    @property
+    def scoped_blended_priority(self) -> ScopedPriority:
+        """Per-workflow blend of declared steps and predicted steps (pbkv)."""
+        return self._scoped_blended
+
     def priority(self, name: str) -> AgentPriority:
         """The priority named `name`: one of "graph", "predictor", "blended"."""
         by_name: dict[str, AgentPriority] = {
             "graph": self._graph,
             "predictor": self._predicted,
             "blended": self._blended,
+            "scoped_graph": self._scoped_graph,
+            "scoped_blended": self._scoped_blended,
         }
         try:
             return by_name[name]

@@ -14,6 +14,7 @@ from context_forge.workflow.errors import (
 )
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.minmap import CountedMin
+from context_forge.workflow.scope import scope_key
 
 __all__ = ["StepTracker"]
 
@@ -24,6 +25,7 @@ class _Instance:
     still contribute (every agent not done; for repeat graphs, done agents too)."""
 
     graph: WorkflowGraph
+    instance_id: str = ""
     running: dict[str, int] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     values: dict[str, int] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class StepTracker:
         self._mins: dict[str, CountedMin] = {}
         self._optional_counts: dict[str, int] = {}
         self._hub = ChangeHub()
+        self._scoped_hub = ChangeHub()
 
     # ---- reports -------------------------------------------------------------------------
 
@@ -69,7 +72,7 @@ class StepTracker:
             raise TypeError(f"graph must be a WorkflowGraph, got {type(graph).__name__}")
         if instance_id in self._instances:
             raise DuplicateWorkflowError(instance_id)
-        inst = _Instance(graph)
+        inst = _Instance(graph, instance_id)
         self._instances[instance_id] = inst
         self._refresh(inst, graph.order)
 
@@ -146,6 +149,16 @@ class StepTracker:
         """A feed of agents whose `steps` value changed since its last drain."""
         return self._hub.subscribe()
 
+    def subscribe_scoped(self) -> ChangeFeed:
+        """A feed of `scope_key(instance_id, agent_id)` whose per-instance value changed."""
+        return self._scoped_hub.subscribe()
+
+    def instance_value(self, instance_id: str, agent_id: str) -> float:
+        """Like `instance_steps`, but `math.inf` (no error) for an unknown instance or agent."""
+        inst = self._instances.get(instance_id)
+        value = None if inst is None else inst.values.get(agent_id)
+        return math.inf if value is None else float(value)
+
     def __contains__(self, instance_id: object) -> bool:
         return instance_id in self._instances
 
@@ -204,6 +217,8 @@ class StepTracker:
         old = values.get(agent)
         if old == new:
             return
+        if self._scoped_hub.active:
+            self._scoped_hub.publish(scope_key(inst.instance_id, agent))
         m = self._mins.get(agent)
         if m is None:
             m = self._mins[agent] = CountedMin()
