@@ -94,7 +94,7 @@ def test_unknown_cli_option_is_named() -> None:
         (["--pressure-hysteresis", "0.8"], "pressure_hysteresis: hysteresis must be in"),
         (["--load-ahead-step", "5", "--evict-pri-level", "4"], "evict_pri_level: must be >= load_ahead_step (5)"),
         (["--blend-weight", "1.2"], "blend_weight: must be in [0, 1], got 1.2"),
-        (["--attention-backend", "flash"], "attention_backend: must be one of torch_sdpa"),
+        (["--attention-backend", "flash"], "attention_backend: must be one of auto, torch_sdpa, triton"),
         (["--memory-monitor", "smi"], "memory_monitor (from the command line): expected one of"),
         (["--port", "null"], "port (from the command line): expected a value (this key cannot be null)"),
         (["--model-path", "/no/such/model"], "model_path: '/no/such/model' is neither a preset"),

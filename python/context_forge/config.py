@@ -13,6 +13,7 @@ the machine (``device`` and ``dtype`` "auto", the CPU pool size, the load format
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import difflib
 import math
 import os
@@ -28,7 +29,7 @@ __all__ = ["ATTENTION_BACKENDS", "MODEL_PRESETS", "ConfigError", "ServerConfig"]
 
 MODEL_PRESETS = ("tiny-llama", "llama3-8b")
 """Model names that need no directory (random weights, ``load_format: dummy``)."""
-ATTENTION_BACKENDS = ("torch_sdpa",)
+ATTENTION_BACKENDS = ("auto", "torch_sdpa", "triton")
 CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -68,7 +69,9 @@ class ServerConfig:
     max_running_requests: int | None = _opt(None, "Most requests decoding at once; null = limited by the KV pool only.")
     chunked_prefill_size: int = _opt(8192, "Prefill token budget per scheduler step; longer prompts are prefilled in chunks.")
     max_prefill_tokens: int = _opt(16384, "Most prompt tokens admitted into one prefill batch.")
-    attention_backend: str = _opt("torch_sdpa", "Attention implementation: " + ", ".join(ATTENTION_BACKENDS) + ".")
+    attention_backend: str = _opt("auto", "Attention implementation: " + ", ".join(ATTENTION_BACKENDS) + "; auto = triton (paged kernels, CUDA graphs) on a GPU where Triton imports, else torch_sdpa.")
+    disable_cuda_graph: bool = _opt(False, "Run decode eagerly instead of replaying captured CUDA/HIP graphs (GPU with the triton backend only).")
+    cuda_graph_max_bs: int | None = _opt(None, "Largest decode batch captured as a graph; null = min(64, max_running_requests).")
     disable_radix_cache: bool = _opt(False, "Turn prefix caching off (every request recomputes its prompt).")
     enable_hierarchical_cache: bool = _opt(False, "Keep evicted KV in a host-memory tier and load it back instead of recomputing.")
     hicache_ratio: float = _opt(2.0, "Host pool size as a multiple of the device pool; must be > 1 (as in SGLang, the host tier must be larger than the device pool).")
@@ -148,6 +151,9 @@ class ServerConfig:
             changes["dtype"] = "bfloat16" if device == "cuda" else "float32"
         if self.max_total_tokens is None and device == "cpu":
             changes["max_total_tokens"] = CPU_DEFAULT_MAX_TOTAL_TOKENS
+        if self.attention_backend == "auto":
+            changes["attention_backend"] = (
+                "triton" if device == "cuda" and importlib.util.find_spec("triton") is not None else "torch_sdpa")
         if self.load_format == "auto" and self.is_preset:
             changes["load_format"] = "dummy"
         if self.served_model_name is None:
@@ -204,6 +210,7 @@ class ServerConfig:
                 need(getattr(self, key) >= 1, key, "must be >= 1")
         need(0.0 < self.mem_fraction_static < 1.0, "mem_fraction_static", "must be in (0, 1)")
         need(self.attention_backend in ATTENTION_BACKENDS, "attention_backend", f"must be one of {', '.join(ATTENTION_BACKENDS)}")
+        need(self.cuda_graph_max_bs is None or self.cuda_graph_max_bs >= 1, "cuda_graph_max_bs", "must be >= 1 or null")
         need(not (self.disable_radix_cache and self.enable_hierarchical_cache), "enable_hierarchical_cache", "needs the radix cache (disable_radix_cache is true)")
         if self.enable_hierarchical_cache and self.hicache_size == 0:
             need(self.hicache_ratio > 1.0, "hicache_ratio", "must be > 1 with enable_hierarchical_cache (the host pool must be larger than the device pool)")

@@ -8,6 +8,7 @@ the cache; its new tokens sit at positions ``seq_lens_kv[i] - seq_lens_q[i] ... 
 """
 from __future__ import annotations
 
+import array
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence, TypeVar
@@ -24,11 +25,14 @@ class DecodePlan:
 
     ``token_index`` selects their tokens from the flat batch (``None`` when the whole batch is these
     tokens, in order); ``pages`` is ``[B, max_pages]`` (padding points at a real page and is masked);
-    ``mask`` is ``[B, 1, 1, max_pages * page_size]``, True where a key may be attended."""
+    ``mask`` is ``[B, 1, 1, max_pages * page_size]``, True where a key may be attended (``None`` in a
+    static plan, where backends derive it from ``kv_lens``); ``kv_lens`` ``[B]`` (long) counts each
+    sequence's keys, 0 for a padding row of a static plan."""
 
     token_index: torch.Tensor | None
     pages: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
+    kv_lens: torch.Tensor
 
 
 @dataclass
@@ -52,6 +56,9 @@ class AttentionPlan:
     last_token_index: torch.Tensor
     decode: DecodePlan | None
     prefills: list[PrefillPlan]
+    padded: bool = False
+    """Static decode plan (``AttentionMetadata.static_decode``): rows whose ``kv_lens`` is 0 are
+    padding; their ``out_slots`` are negative (nothing is written) and their output is ignored."""
 
 
 @dataclass
@@ -96,12 +103,44 @@ class AttentionMetadata:
         meta._plan = _make_plan(q, kv, table, page_size, dev)
         return meta
 
+    @classmethod
+    def static_decode(cls, positions: torch.Tensor, out_slots: torch.Tensor,
+                      pages: torch.Tensor, kv_lens: torch.Tensor, page_size: int) -> "AttentionMetadata":
+        """A decode batch (one new token per row) over caller-owned device tensors whose contents
+        may change between forwards without a new plan, as CUDA graph replay needs.
+
+        ``pages`` ``[B, width]``, ``kv_lens`` ``[B]``, ``out_slots`` and ``positions`` ``[B]``,
+        all long on one device. A row with ``kv_lens == 0`` is padding: its ``out_slots`` entry must be
+        negative (nothing is written). The list fields only record the batch size (their per-row
+        values are not known on the host); backends must read the plan. Any backend accepts it;
+        only those with ``supports_cuda_graph`` run it without host synchronisation."""
+        rows = out_slots.shape[0]
+        tensors = {"positions": positions, "out_slots": out_slots, "kv_lens": kv_lens}
+        for name, t in tensors.items():
+            if t.dim() != 1 or t.shape[0] != rows or t.dtype != torch.long:
+                raise ValueError(f"AttentionMetadata.static_decode: {name} must be a 1-D long tensor "
+                                 f"of {rows} rows, got {tuple(t.shape)} {t.dtype}")
+        if pages.dim() != 2 or pages.shape[0] != rows or pages.dtype != torch.long:
+            raise ValueError(f"AttentionMetadata.static_decode: pages must be a [{rows}, width] long "
+                             f"tensor, got {tuple(pages.shape)} {pages.dtype}")
+        if not isinstance(page_size, int) or page_size <= 0:
+            raise ValueError(f"AttentionMetadata: page_size must be a positive int, got {page_size!r}")
+        device = _concrete(out_slots.device)
+        meta = cls([1] * rows, [1] * rows, [[] for _ in range(rows)], out_slots, positions)
+        last = torch.arange(rows, device=device)
+        meta._plan = AttentionPlan(page_size, device, last, DecodePlan(None, pages, None, kv_lens),
+                                   [], padded=True)
+        return meta
+
     def plan(self, page_size: int, device: torch.device) -> AttentionPlan:
         """The shared per-batch tensors for a cache with ``page_size`` on ``device`` (cached)."""
         device = _concrete(device)
         p = self._plan
         if p is not None and p.page_size == page_size and p.device == device:
             return p
+        if p is not None and p.padded:
+            raise ValueError(f"AttentionMetadata: static decode metadata was built for page_size "
+                             f"{p.page_size} on {p.device}, not {page_size} on {device}")
         q, kv, tables = _validate(self.seq_lens_q, self.seq_lens_kv, self.page_tables, page_size)
         if self.out_slots.numel() != sum(q):
             raise ValueError(f"AttentionMetadata: out_slots has {self.out_slots.numel()} entries "
@@ -141,8 +180,15 @@ def _validate(seq_lens_q: Sequence[int], seq_lens_kv: Sequence[int],
 
 
 def _padded_tables(tables: list[list[int]]) -> torch.Tensor:
+    """``[num_seqs, longest]`` long, rows padded with page 0 (built through ``array``: several times
+    faster than ``torch.tensor`` on nested lists for long tables)."""
     width = max(len(t) for t in tables)
-    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
+    flat: list[int] = []
+    for t in tables:
+        flat += t
+        if len(t) < width:
+            flat += [0] * (width - len(t))
+    return torch.frombuffer(array.array("q", flat), dtype=torch.long).view(len(tables), width)
 
 
 def _make_plan(q: list[int], kv: list[int], table: torch.Tensor, page_size: int,
@@ -158,11 +204,11 @@ def _make_plan(q: list[int], kv: list[int], table: torch.Tensor, page_size: int,
         seq_idx = torch.tensor(decode_seqs, dtype=torch.long, device=device)
         kv_lens = torch.tensor([kv[i] for i in decode_seqs], dtype=torch.long, device=device)
         key_pos = torch.arange(max_pages * page_size, device=device)
-        mask = (key_pos[None, :] < kv_lens[:, None])[:, None, None, :]
+        key_mask = (key_pos[None, :] < kv_lens[:, None])[:, None, None, :]
         pure = len(decode_seqs) == len(q)
         token_index = None if pure else torch.tensor(
             [starts[i] for i in decode_seqs], dtype=torch.long, device=device)
-        decode = DecodePlan(token_index, table[seq_idx, :max_pages], mask)
+        decode = DecodePlan(token_index, table[seq_idx, :max_pages], key_mask, kv_lens)
     prefills = []
     for i, (n, nkv) in enumerate(zip(q, kv)):
         if n == 1:
@@ -181,12 +227,23 @@ class AttentionBackend(ABC):
     ``kv``, then attends each new query causally over its sequence's cached keys (prefix + new)."""
 
     name: ClassVar[str] = ""
+    supports_cuda_graph: ClassVar[bool] = False
+    """True when ``forward`` on a static decode plan issues no host synchronisation and allocates
+    only fixed-shape tensors, so it can be captured into a CUDA/HIP graph."""
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 meta: AttentionMetadata, kv: "DeviceKVBuffer") -> torch.Tensor:
         """``q`` ``[T, num_heads, head_dim]``, ``k``/``v`` ``[T, num_kv_heads, head_dim]`` (RoPE
         already applied) -> ``[T, num_heads, head_dim]``. Softmax scale is ``head_dim ** -0.5``."""
+
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """RoPE of the model's q and k heads ``x`` ``[T, heads, head_dim]`` by the tables of
+        ``RotaryEmbedding.cos_sin``; the model calls it before ``forward``. Default:
+        ``model.rope.apply_rotary`` (a new tensor); a backend may fuse it and rotate ``x`` in place."""
+        from context_forge.model.rope import apply_rotary
+
+        return apply_rotary(x, cos, sin)
 
 
 _B = TypeVar("_B", bound=type[AttentionBackend])
@@ -211,9 +268,22 @@ def available_attention_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def default_attention_backend() -> str:
+    """``triton`` when a GPU is visible and Triton imports, else ``torch_sdpa``."""
+    if torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch_sdpa"
+        return "triton"
+    return "torch_sdpa"
+
+
 def get_attention_backend(name: str, **kwargs: object) -> AttentionBackend:
-    """A new instance of the backend registered as ``name``."""
+    """A new instance of the backend registered as ``name`` (``auto``: ``default_attention_backend()``)."""
     _load_builtin_backends()
+    if name == "auto":
+        name = default_attention_backend()
     try:
         cls = _BACKENDS[name]
     except KeyError:
@@ -223,3 +293,4 @@ def get_attention_backend(name: str, **kwargs: object) -> AttentionBackend:
 
 def _load_builtin_backends() -> None:
     import context_forge.attention.torch_sdpa  # noqa: F401  (registers itself)
+    import context_forge.attention.triton_backend  # noqa: F401

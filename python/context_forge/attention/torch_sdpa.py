@@ -3,8 +3,12 @@
 Decode tokens (one new token per sequence) are attended in a single padded call. Their query heads are
 grouped by the KV head they share, ``[B, kv_heads, group, head_dim]``, so grouped-query attention
 needs neither copied K/V heads nor ``enable_gqa``. Sequences with several new tokens are attended one
-by one: plain causal when nothing is cached before them, else with an explicit mask (the query at
-position ``p`` sees keys ``0..p``), K/V heads expanded so memory-efficient kernels can take the mask.
+by one. With nothing cached before them their keys are exactly the new tokens, so the step's own K/V
+feed SDPA's causal fast path (flash attention on GPUs) without reading the cache back. With a cached
+prefix an explicit mask applies (the query at position ``p`` sees keys ``0..p``), K/V heads expanded
+so memory-efficient kernels can take the mask.
+
+Subclasses reuse the prefill path and replace ``_write`` / ``_decode`` with their own kernels.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from context_forge.attention.base import (
-    AttentionBackend, AttentionMetadata, DecodePlan, PrefillPlan, register_attention_backend)
+    AttentionBackend, AttentionMetadata, AttentionPlan, DecodePlan, PrefillPlan,
+    register_attention_backend)
 
 if TYPE_CHECKING:
     from context_forge.engine.kv_buffer import DeviceKVBuffer
@@ -32,18 +37,38 @@ class TorchSDPABackend(AttentionBackend):
             raise ValueError(f"attention: {q.shape[0]} query tokens but metadata describes "
                              f"{meta.out_slots.numel()}")
         plan = meta.plan(kv.page_size, kv.buffer.device)
-        kv.write(layer_id, meta.out_slots, k, v)
-        layer_kv = kv.buffer[layer_id]
+        self._write(kv, layer_id, meta.out_slots, k, v, plan)
         decode = plan.decode
         if decode is not None and decode.token_index is None:
-            return _decode(q, decode, layer_kv)
+            return self._decode(q, decode, kv, layer_id)
+        layer_kv = kv.buffer[layer_id]
+        if decode is None and len(plan.prefills) == 1:
+            return _prefill(q, k, v, plan.prefills[0], layer_kv)
         out = torch.empty_like(q)
-        if decode is not None:
+        if decode is not None and decode.token_index is not None:
             idx = decode.token_index
-            out.index_copy_(0, idx, _decode(q.index_select(0, idx), decode, layer_kv))
+            out.index_copy_(0, idx, self._decode(q.index_select(0, idx), decode, kv, layer_id))
         for p in plan.prefills:
-            out[p.start: p.start + p.q_len] = _prefill(q[p.start: p.start + p.q_len], p, layer_kv)
+            rows = slice(p.start, p.start + p.q_len)
+            out[rows] = _prefill(q[rows], k[rows], v[rows], p, layer_kv)
         return out
+
+    def _write(self, kv: "DeviceKVBuffer", layer_id: int, slots: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, plan: AttentionPlan) -> None:
+        """Store the new tokens' K/V; padding rows of a static plan (negative slots) store nothing."""
+        if plan.padded:
+            keep = (slots >= 0).nonzero().squeeze(1)
+            slots, k, v = slots[keep], k[keep], v[keep]
+        kv.write(layer_id, slots, k, v)
+
+    def _decode(self, q: torch.Tensor, plan: DecodePlan, kv: "DeviceKVBuffer",
+                layer_id: int) -> torch.Tensor:
+        """``q`` ``[B, heads, dim]`` of one-token sequences -> their attention output."""
+        mask = plan.mask
+        if mask is None:
+            key_pos = torch.arange(plan.pages.shape[1] * kv.page_size, device=q.device)
+            mask = (key_pos[None, :] < plan.kv_lens.clamp(min=1)[:, None])[:, None, None, :]
+        return _decode(q, plan.pages, mask, kv.buffer[layer_id])
 
 
 def _gather(layer_kv: torch.Tensor, pages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,21 +80,28 @@ def _gather(layer_kv: torch.Tensor, pages: torch.Tensor) -> tuple[torch.Tensor, 
     return got[0], got[1]
 
 
-def _decode(q: torch.Tensor, plan: DecodePlan, layer_kv: torch.Tensor) -> torch.Tensor:
+def _decode(q: torch.Tensor, pages: torch.Tensor, mask: torch.Tensor,
+            layer_kv: torch.Tensor) -> torch.Tensor:
     batch, num_heads, dim = q.shape
     kv_heads = layer_kv.shape[3]
-    keys, values = _gather(layer_kv, plan.pages)
+    keys, values = _gather(layer_kv, pages)
     grouped = q.view(batch, kv_heads, num_heads // kv_heads, dim)
     out = F.scaled_dot_product_attention(grouped, keys.transpose(1, 2), values.transpose(1, 2),
-                                         attn_mask=plan.mask)
+                                         attn_mask=mask)
     return out.reshape(batch, num_heads, dim)
 
 
-def _prefill(q: torch.Tensor, plan: PrefillPlan, layer_kv: torch.Tensor) -> torch.Tensor:
+def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PrefillPlan,
+             layer_kv: torch.Tensor) -> torch.Tensor:
+    """One sequence's new tokens: ``q`` ``[n, heads, dim]``, its new ``k``/``v`` ``[n, kv_heads, dim]``."""
     group = q.shape[1] // layer_kv.shape[3]
-    keys, values = _gather(layer_kv, plan.pages)
-    keys = keys[: plan.kv_len].transpose(0, 1).unsqueeze(0)
-    values = values[: plan.kv_len].transpose(0, 1).unsqueeze(0)
+    if plan.mask is None:
+        keys, values = k.to(layer_kv.dtype), v.to(layer_kv.dtype)
+    else:
+        keys, values = _gather(layer_kv, plan.pages)
+        keys, values = keys[: plan.kv_len], values[: plan.kv_len]
+    keys = keys.transpose(0, 1).unsqueeze(0)
+    values = values.transpose(0, 1).unsqueeze(0)
     queries = q.transpose(0, 1).unsqueeze(0)
     if plan.mask is None and _HAS_ENABLE_GQA:
         out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True,

@@ -15,7 +15,7 @@ from torch import nn
 
 from context_forge.attention.base import AttentionBackend, AttentionMetadata, get_attention_backend
 from context_forge.model.config import ModelConfig
-from context_forge.model.rope import RotaryEmbedding, apply_rotary
+from context_forge.model.rope import RotaryEmbedding
 
 if TYPE_CHECKING:
     from context_forge.engine.kv_buffer import DeviceKVBuffer
@@ -79,7 +79,7 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, : self.num_heads]),
                             self.k_norm(qk[:, self.num_heads:])), dim=1)
-        q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
+        q, k = self.backend.rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
         out = self.backend.forward(q, k, v, self.layer_id, meta, kv)
         return self.o_proj(out.reshape(tokens, -1))
 
