@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from context_forge.cache.node import RadixNode
 from context_forge.cache.policy import EvictionPolicy, get_policy
 from context_forge.cache.pool import PagePool
 from context_forge.cache.tiered import RadixCache
@@ -17,15 +20,23 @@ from context_forge.memory.pressure import PressureController
 from context_forge.model.config import ModelConfig
 from context_forge.model.loader import load_model
 from context_forge.model.tokenizer import get_tokenizer
+from context_forge.prefetch.controller import ControllerConfig
+from context_forge.prefetch.copier import make_copier
+from context_forge.prefetch.ledger import ObservedPagePool
+from context_forge.prefetch.planner import PlannerConfig
+from context_forge.prefetch.service import WorkflowPrefetcher
 from context_forge.workflow.predictor import MarkovPredictor
 from context_forge.workflow.priority import LiveWorkflows
 
 from .kv_buffer import DeviceKVBuffer, HostKVBuffer
 from .kv_manager import KVManager
 from .kv_transfer import BufferTransfer
+from .req_state import ReqState
 from .runner import ModelRunner
 from .scheduler import Scheduler
 from .workflows import SharedWorkflows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +55,9 @@ class EngineParts:
     workflows: SharedWorkflows
     pressure: PressureController
     lock: threading.RLock
+    transfer: BufferTransfer | None = None
+    prefetch: WorkflowPrefetcher | None = None
+    """Present with the hierarchical cache and ``enable_prefetch``; not started yet."""
 
 
 def build(config: ServerConfig) -> EngineParts:
@@ -60,27 +74,49 @@ def build(config: ServerConfig) -> EngineParts:
     page_bytes = mcfg.num_hidden_layers * 2 * ps * mcfg.num_key_value_heads * mcfg.head_dim * dtype.itemsize
     n_dev = device_pages(cfg, page_bytes, device)
     device_kv = DeviceKVBuffer(shape[0], n_dev, ps, shape[2], shape[3], dtype, device)
-    device_pool = PagePool(n_dev, "device")
+    use_prefetch = (not cfg.disable_radix_cache and cfg.enable_hierarchical_cache and cfg.enable_prefetch)
+    device_pool = ObservedPagePool(n_dev, "device") if use_prefetch else PagePool(n_dev, "device")
     lock = threading.RLock()
     workflows = SharedWorkflows(lock, _predictor(cfg), weight=cfg.blend_weight)
-    host_kv = host_pool = cache = None
+    host_kv = host_pool = cache = transfer = prefetch = None
     if not cfg.disable_radix_cache:
-        transfer = None
         if cfg.enable_hierarchical_cache:
             n_host = host_pages(cfg, n_dev, page_bytes)
             host_kv = HostKVBuffer(shape[0], n_host, ps, shape[2], shape[3], dtype)
             host_pool = PagePool(n_host, "host")
-            transfer = BufferTransfer(device_kv, host_kv)
+            transfer = BufferTransfer(device_kv, host_kv,
+                                      async_write_back=device.type == "cuda" and host_kv.pinned)
         cache = RadixCache(ps, device_pool, host_pool, _policy(cfg, workflows), transfer,
                            write_policy=cfg.hicache_write_policy)
-    kv = KVManager(ps, device_pool, cache)
+    if use_prefetch:
+        assert cache is not None and host_kv is not None and transfer is not None
+        prefetch = _prefetcher(cfg, cache, workflows, device_kv, host_kv, transfer, lock)
+    kv = KVManager(ps, device_pool, cache, loader=prefetch,
+                   on_insert=_insert_hook(prefetch) if prefetch is not None else None)
     max_running = cfg.max_running_requests or max(n_dev, 1)
     scheduler = Scheduler(kv, cfg.chunked_prefill_size, max_running, cfg.max_prefill_tokens)
     pressure = PressureController(cfg.pressure_thresholds, cfg.pressure_hysteresis, _monitor(cfg, device),
                                   load_ahead_step=cfg.load_ahead_step, evict_pri_level=cfg.evict_pri_level)
     runner = ModelRunner(model, device_kv, ps)
     return EngineParts(cfg, mcfg, tokenizer, runner, device_kv, host_kv, device_pool, host_pool,
-                       cache, kv, scheduler, workflows, pressure, lock)
+                       cache, kv, scheduler, workflows, pressure, lock, transfer, prefetch)
+
+
+def _prefetcher(cfg: ServerConfig, cache: RadixCache, workflows: SharedWorkflows, device_kv: DeviceKVBuffer,
+                host_kv: HostKVBuffer, transfer: BufferTransfer, lock: threading.RLock) -> WorkflowPrefetcher:
+    if cfg.prefetch_wait_mode == "layer":
+        log.warning("prefetch_wait_mode 'layer' is not implemented (the host layout moves all layers of "
+                    "a page together); requests wait for their whole prefix, as with 'request'")
+    copier = make_copier(device_kv, host_kv, fence=transfer.fence)
+    planner = PlannerConfig(load_ahead_step=cfg.load_ahead_step,
+                            use_predictor=cfg.radix_eviction_policy == "pbkv")
+    return WorkflowPrefetcher(cache, workflows, copier, lock, planner, ControllerConfig())
+
+
+def _insert_hook(prefetch: WorkflowPrefetcher) -> Callable[[ReqState, RadixNode], None]:
+    def note(st: ReqState, node: RadixNode) -> None:
+        prefetch.note_insert(st.req.workflow_id, st.req.agent_id, node)
+    return note
 
 
 def device_pages(cfg: ServerConfig, page_bytes: int, device: torch.device) -> int:

@@ -4,6 +4,11 @@ Threads: callers (the server's event loop) validate and submit requests and ask 
 the engine thread owns the scheduler, the cache and the model. Requests and aborts cross over
 through an inbox guarded by a condition variable (the loop sleeps on it when idle); outputs
 cross back through ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per request.
+
+With the hierarchical cache and ``enable_prefetch``, a prefetch worker thread
+(``prefetch.controller``) copies KV host->device beside the loop. Workflow events mark
+workflows for replanning (and wake an idle loop); the loop replans under the engine lock before
+and after each step, applying the pressure mode's prefetch limits.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from .stats import EngineStats
 from .validate import Limits, validate_request
 
 log = logging.getLogger(__name__)
+_PREFETCH_POLL_S = 0.05
+"""How often an idle loop checks for workflow changes made behind ``SharedWorkflows``' back."""
 Emit = Callable[[GenerateOutput | BaseException], None]
 
 
@@ -51,7 +58,9 @@ class Engine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.scheduler = p.scheduler
         self.kv = p.kv
-        self.stats = EngineStats(self.metrics, p.device_pool, p.host_pool, p.cache)
+        self.prefetch = p.prefetch
+        self.stats = EngineStats(self.metrics, p.device_pool, p.host_pool, p.cache,
+                                 p.prefetch.stats if p.prefetch is not None else None)
         self.limits = Limits(p.model_config.vocab_size, self.context_len, p.config.page_size,
                              p.device_pool.capacity)
         self._eos = set(getattr(p.tokenizer, "eos_token_ids", ()) or ()) | set(p.model_config.eos_token_id)
@@ -65,6 +74,12 @@ class Engine:
         self._stopping = False
         self._error: BaseException | None = None
         self._last_batch_empty = False
+        self._idle_timeout: float | None = None
+        if self.prefetch is not None:
+            self._idle_timeout = _PREFETCH_POLL_S
+            self.prefetch.controller.on_complete = lambda task: self._wake()
+            p.workflows.add_listener(self._on_workflow_change)
+            self.prefetch.start()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -85,6 +100,8 @@ class Engine:
             self._drain_inbox()
             for st in list(self.scheduler.running) + list(self.scheduler.waiting):
                 self._abort_state(st)
+        if self.prefetch is not None:
+            self.prefetch.stop()
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._error is None
@@ -153,10 +170,17 @@ class Engine:
         try:
             while True:
                 with self._cv:
-                    while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work):
-                        self._cv.wait()
+                    while not (self._stopping or self._inbox or self._aborts or self.scheduler.has_work
+                               or self._prefetch_marked()):
+                        if not self._cv.wait(self._idle_timeout) and self._idle_timeout is not None:
+                            break  # poll the tracker's change feed (see prefetch.service)
                     if self._stopping:
                         return
+                    idle = not (self._inbox or self._aborts or self.scheduler.has_work)
+                if idle:
+                    with self._lock:
+                        self._prefetch_tick()
+                    continue
                 if self.step() and self._last_batch_empty:
                     with self._cv:  # blocked (e.g. waiting for pages): do not spin
                         self._cv.wait(0.001)
@@ -179,6 +203,7 @@ class Engine:
             raise EngineError("step() is driven by the engine thread once start() was called")
         with self._lock:
             self._drain_inbox()
+            self._prefetch_tick()
             batch = self.scheduler.schedule()
             for st, hit in batch.admitted:
                 self.stats.on_admit(hit)
@@ -186,11 +211,16 @@ class Engine:
                     st.admitted_once = True
                     st.cached_tokens = min(hit.device_hit + hit.host_hit, st.prompt_len)
         self._last_batch_empty = not batch.seqs
-        logits = self.parts.runner.forward(batch.seqs) if batch.seqs else None
+        logits = None
+        if batch.seqs:
+            if self.parts.transfer is not None:
+                self.parts.transfer.fence()  # queued write-backs may still read pages this step writes
+            logits = self.parts.runner.forward(batch.seqs)
         with self._lock:
             if logits is not None:
                 self._process(batch, logits)
             self._after_step(batch)
+            self._prefetch_tick()
             return self.scheduler.has_work
 
     def _drain_inbox(self) -> None:
@@ -247,7 +277,7 @@ class Engine:
 
     def _update_pressure(self) -> PressureMode:
         """Feed the share of the device pool that eviction cannot reclaim to the pressure
-        controller and apply its mode's actions to the cache."""
+        controller and apply its mode's actions to the cache and the prefetcher."""
         pressure, cache = self.parts.pressure, self.parts.cache
         mode = pressure.update(self.kv.held_fraction)
         if cache is None:
@@ -259,7 +289,32 @@ class Engine:
         want_free = math.ceil(acts.evict_target_free_fraction * pool.capacity)
         if want_free > pool.num_free:
             cache.evict_device(want_free - pool.num_free)
+        if self.prefetch is not None:
+            self.prefetch.set_pressure(acts.prefetch_max_steps, want_free)
         return mode
+
+    # ---------------------------------------------------------------- prefetch
+    def _on_workflow_change(self, workflow_id: str) -> None:
+        """``SharedWorkflows`` listener (engine lock held, any thread): replan that workflow."""
+        assert self.prefetch is not None
+        self.prefetch.mark(workflow_id)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def _prefetch_marked(self) -> bool:
+        return self.prefetch is not None and self.prefetch.has_dirty
+
+    def _prefetch_tick(self) -> None:
+        """Under the engine lock: fail on a broken prefetch worker, replan marked workflows."""
+        pf = self.prefetch
+        if pf is None:
+            return
+        if pf.error is not None:
+            raise EngineError(f"prefetch worker failed: {pf.error!r}")
+        pf.tick()
 
     # ---------------------------------------------------------------- endings
     def _abort_state(self, st: ReqState, removed: bool = False) -> None:

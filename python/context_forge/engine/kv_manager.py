@@ -5,15 +5,27 @@ exactly one running request). A request's page table starts with tree pages that
 (locked through one node, never written) followed by its own pages, where its new tokens'
 KV is written. Only whole pages are ever handed to the tree, so a request never writes a page
 that someone else can read.
+
+Host hits. Without a loader, admission loads a host-only prefix back synchronously. With a
+loader (the prefetcher), admission never blocks on a copy: a request whose prefix is on the host
+gets an on-demand load queued, and one whose prefix is still landing (a prefetch or an earlier
+on-demand load) is answered ``WAITING``; the scheduler leaves it queued and admits others. While
+it waits, the request locks the deepest node it matched, so the loaded KV cannot be evicted
+before it is admitted.
 """
 
 from __future__ import annotations
 
+import enum
+import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from context_forge.cache.node import RadixNode
 from context_forge.cache.pool import PagePool
+from context_forge.cache.radix import MatchResult
 from context_forge.cache.tiered import RadixCache
 
 from .req_state import ReqState
@@ -21,29 +33,67 @@ from .req_state import ReqState
 
 @dataclass
 class AdmitResult:
-    """Prefix reuse found at admission: ``device_hit`` tokens already on the device and
-    ``host_hit`` tokens loaded back from the host tier."""
+    """Prefix reuse found at admission: ``device_hit`` tokens already on the device,
+    ``host_hit`` tokens loaded back from the host tier for this request, ``prefetch_hit`` of the
+    device tokens brought in by a prefetch that no request had used yet, and ``stall_s`` seconds
+    the request waited for its prefix to land."""
 
     device_hit: int
     host_hit: int
+    prefetch_hit: int = 0
+    stall_s: float = 0.0
+
+
+class Admission(enum.Enum):
+    WAITING = "waiting"
+
+
+WAITING = Admission.WAITING
+"""``KVManager.admit``'s answer for a request whose prefix is still being loaded."""
+
+
+class Loader(Protocol):
+    """What admission needs from the prefetcher (``prefetch.service.WorkflowPrefetcher``)."""
+
+    def demand(self, node: RadixNode) -> object | None: ...
+
+    def claim(self, pages: Iterable[int]) -> int: ...
+
+
+@dataclass
+class _Wait:
+    node: RadixNode
+    since: float
+    loaded_tokens: int = 0
 
 
 class KVManager:
     """Allocates, shares and releases the device pages of requests."""
 
-    def __init__(self, page_size: int, device_pool: PagePool, cache: RadixCache | None) -> None:
+    def __init__(self, page_size: int, device_pool: PagePool, cache: RadixCache | None,
+                 loader: Loader | None = None,
+                 on_insert: Callable[[ReqState, RadixNode], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if loader is not None and cache is None:
+            raise ValueError("KVManager: a loader needs the radix cache")
         self.page_size = page_size
         self.pool = device_pool
         self.cache = cache
+        self.loader = loader
+        self.on_insert = on_insert
+        """Called at release with the deepest tree node holding the request's KV (``(st, node)``)."""
+        self.clock = clock
         self.in_use = 0
         self._locked = Counter[int]()
+        self._waits: dict[ReqState, _Wait] = {}
 
     # ---------------------------------------------------------------- admission
-    def admit(self, st: ReqState, reserve: int = 0) -> AdmitResult | None:
-        """Reuse the longest cached prefix of ``st.all_ids`` (loading host parts back), then
-        allocate own pages for every pending token. ``reserve`` extra pages must be obtainable
-        too (then stay free) so that running requests can keep decoding. ``None``: no room; the
-        request holds nothing (a loaded-back prefix stays cached)."""
+    def admit(self, st: ReqState, reserve: int = 0) -> AdmitResult | Admission | None:
+        """Reuse the longest cached prefix of ``st.all_ids`` (host parts: loaded back now, or
+        with a loader queued as an on-demand load and answered ``WAITING``), then allocate own
+        pages for every pending token. ``reserve`` extra pages must be obtainable too (then stay
+        free) so that running requests can keep decoding. ``None``: no room; the request holds
+        nothing (a loaded-back prefix stays cached)."""
         assert not st.page_table and st.node is None
         ps = self.page_size
         tokens = st.all_ids
@@ -53,12 +103,15 @@ class KVManager:
         if cache is not None:
             key = tokens[:len(tokens) - 1]  # the last token is always computed, for its logits
             agent = st.req.agent_id
-            m = cache.match(key, agent_id=agent)
-            device_hit = m.device_len
-            if m.host_len:
+            m = cache.match(key, agent_id=agent, touch=st not in self._waits)
+            if self.loader is not None:
+                if self._must_wait(st, m):
+                    return WAITING
+            elif m.host_len:
                 host_hit = cache.load_back(m.last_node)
                 if host_hit:
                     m = cache.match(key, agent_id=agent, touch=False)
+            device_hit = m.device_len - host_hit
             shared = m.device_pages
             node = m.last_device_node
             if node is not None:
@@ -78,7 +131,49 @@ class KVManager:
         st.page_table = shared + pages
         st.computed = len(shared) * ps
         self.in_use += need
-        return AdmitResult(device_hit, host_hit)
+        result = AdmitResult(device_hit, host_hit)
+        if self.loader is not None:
+            self._end_wait(st, result, shared)
+        return result
+
+    def _must_wait(self, st: ReqState, m: MatchResult) -> bool:
+        """With a loader: queue an on-demand load for a host-only part of the match, and say
+        whether the request must wait (something on its path is loading)."""
+        loading = any(n.is_loading for n in m.nodes)
+        task = self.loader.demand(m.last_node) if m.host_len else None  # type: ignore[union-attr]
+        if not loading and task is None:
+            return False
+        wait = self._waits.get(st)
+        if wait is None or wait.node is not m.last_node:
+            self.cache.lock(m.last_node)  # type: ignore[union-attr]
+            if wait is not None:
+                self.cache.unlock(wait.node)  # type: ignore[union-attr]
+                wait.node = m.last_node
+            else:
+                wait = self._waits[st] = _Wait(m.last_node, self.clock())
+        if task is not None:
+            wait.loaded_tokens += getattr(getattr(task, "plan", None), "tokens", 0)
+        return True
+
+    def _end_wait(self, st: ReqState, result: AdmitResult, shared: list[int]) -> None:
+        wait = self._waits.pop(st, None)
+        if wait is not None:
+            self.cache.unlock(wait.node)  # type: ignore[union-attr]
+            loaded = min(wait.loaded_tokens, result.device_hit)
+            result.host_hit += loaded
+            result.device_hit -= loaded
+            result.stall_s = max(0.0, self.clock() - wait.since)
+        result.prefetch_hit = self.loader.claim(shared) * self.page_size  # type: ignore[union-attr]
+
+    def forget(self, st: ReqState) -> None:
+        """``st`` left the waiting queue without being admitted (abort): drop its wait lock."""
+        wait = self._waits.pop(st, None)
+        if wait is not None:
+            self.cache.unlock(wait.node)  # type: ignore[union-attr]
+
+    @property
+    def num_waiting_for_loads(self) -> int:
+        return len(self._waits)
 
     def ensure(self, st: ReqState, num_tokens: int) -> bool:
         """Make ``st``'s page table cover its next ``num_tokens`` tokens, evicting cache if needed."""
@@ -112,9 +207,12 @@ class KVManager:
 
     def release(self, st: ReqState) -> None:
         """Give back every page ``st`` holds: computed whole pages go to the cache, the rest are freed."""
+        node = st.node
         if self._has_new_pages(st):
-            tree, _ = self._insert(st)
+            tree, node = self._insert(st)
             self._adopt(st, tree)
+        if node is not None and self.on_insert is not None:
+            self.on_insert(st, node)
         own = st.own_pages
         if own:
             self.pool.free(own)

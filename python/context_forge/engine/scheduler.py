@@ -10,6 +10,8 @@ Every step builds one mixed batch:
 3. waiting requests are admitted in arrival order while budget, ``max_running_requests``,
    ``max_prefill_tokens`` (pending tokens admitted per step) and pages allow. Admission allocates pages for the whole pending prompt at once and requires one
    spare page per running request, so a fresh admission is rarely preempted right away.
+   A request whose cached prefix is still being loaded from the host (``KVManager`` answers
+   ``WAITING``) keeps its place in the queue and the requests behind it are considered.
 
 A preempted request is re-admitted like a new one whose prompt is its prompt plus the tokens it
 already generated; its cached KV usually makes that a prefix hit.
@@ -20,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .kv_manager import AdmitResult, KVManager
+from .kv_manager import WAITING, AdmitResult, KVManager
 from .req_state import Phase, ReqState
 
 
@@ -83,15 +85,19 @@ class Scheduler:
             batch.seqs.append(ScheduledSeq(st, n))
             budget -= n
         admitted_tokens = 0
-        while self.waiting and budget > 0 and len(self.running) < self.max_running:
-            st = self.waiting[0]
+        i = 0
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.max_running:
+            st = self.waiting[i]
             if (self.max_prefill_tokens is not None and admitted_tokens
                     and admitted_tokens + st.num_pending > self.max_prefill_tokens):
                 break
             hit = self.kv.admit(st, reserve=len(self.running))
+            if hit is WAITING:
+                i += 1
+                continue
             if hit is None:
                 break
-            self.waiting.popleft()
+            del self.waiting[i]
             st.phase = Phase.RUNNING
             self.running.append(st)
             batch.admitted.append((st, hit))
@@ -138,6 +144,7 @@ class Scheduler:
         for st in self.waiting:
             if st.rid == rid:
                 self.waiting.remove(st)
+                self.kv.forget(st)
                 st.phase = Phase.FINISHED
                 return st
         return None

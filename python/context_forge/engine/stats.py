@@ -13,6 +13,7 @@ from context_forge.cache.pool import PagePool
 from context_forge.cache.tiered import CacheStats, RadixCache
 from context_forge.memory.pressure import PressureMode
 from context_forge.metrics import Metrics
+from context_forge.prefetch.ledger import PrefetchStats
 
 from .kv_manager import AdmitResult
 
@@ -27,19 +28,25 @@ class EngineCounters:
     load_backs: int = 0
     preemptions: int = 0
     steps: int = 0
+    prefetch_hit_tokens: int = 0
+    """Prompt tokens found on the device because a prefetch had loaded them."""
+    prefetch_stall_s: float = 0.0
+    """Seconds admitted requests waited for their prefix to land (prefetch or on-demand load)."""
 
 
 class EngineStats:
     """Feeds ``Metrics`` from admissions, steps and the cache's cumulative ``CacheStats``."""
 
     def __init__(self, metrics: Metrics, device_pool: PagePool, host_pool: PagePool | None,
-                 cache: RadixCache | None) -> None:
+                 cache: RadixCache | None, prefetch: PrefetchStats | None = None) -> None:
         self.metrics = metrics
         self.counters = EngineCounters()
         self._device_pool = device_pool
         self._host_pool = host_pool
         self._cache = cache
         self._seen = CacheStats()
+        self._prefetch = prefetch
+        self._seen_prefetch = PrefetchStats()
         metrics.pool_capacity_pages.set(device_pool.capacity, pool="device")
         if host_pool is not None:
             metrics.pool_capacity_pages.set(host_pool.capacity, pool="host")
@@ -54,6 +61,10 @@ class EngineStats:
             c.load_backs += 1
             m.host_hit_tokens.inc(hit.host_hit)
             m.load_backs.inc()
+        c.prefetch_hit_tokens += hit.prefetch_hit
+        if hit.stall_s > 0:
+            c.prefetch_stall_s += hit.stall_s
+            m.prefetch_stall_seconds.inc(hit.stall_s)
 
     def on_step(self, prefill_tokens: int, preempted: int, running: int, waiting: int,
                 mode: PressureMode) -> None:
@@ -67,17 +78,33 @@ class EngineStats:
         m.pool_used_pages.set(self._device_pool.num_used, pool="device")
         if self._host_pool is not None:
             m.pool_used_pages.set(self._host_pool.num_used, pool="host")
+        prefetched = self._prefetch_deltas() if self._prefetch is not None else 0
         if self._cache is not None:
-            self._cache_deltas(self._cache.stats)
+            self._cache_deltas(self._cache.stats, prefetched)
 
-    def _cache_deltas(self, now: CacheStats) -> None:
+    def _cache_deltas(self, now: CacheStats, prefetched_pages: int) -> None:
         seen, m = self._seen, self.metrics
         delta = {f.name: getattr(now, f.name) - getattr(seen, f.name) for f in fields(CacheStats)}
         if delta["device_evicted_pages"]:
             m.evicted_pages.inc(delta["device_evicted_pages"], tier="device")
         if delta["host_evicted_pages"]:
             m.evicted_pages.inc(delta["host_evicted_pages"], tier="host")
-        if delta["loaded_back_pages"]:
-            m.load_back_pages.inc(delta["loaded_back_pages"])
+        on_demand = delta["loaded_back_pages"] - prefetched_pages  # the cache counts prefetches too
+        if on_demand > 0:
+            m.load_back_pages.inc(on_demand)
         for name, value in delta.items():
             setattr(seen, name, getattr(seen, name) + value)
+
+    def _prefetch_deltas(self) -> int:
+        """Export the prefetch controller's counters; returns pages prefetched since the last step."""
+        now, seen, m = self._prefetch, self._seen_prefetch, self.metrics
+        assert now is not None
+        delta = {f.name: getattr(now, f.name) - getattr(seen, f.name) for f in fields(PrefetchStats)}
+        for name, metric in (("issued", m.prefetch_issued), ("completed", m.prefetch_completed),
+                             ("cancelled", m.prefetch_cancelled), ("wasted", m.prefetch_wasted),
+                             ("bytes", m.prefetch_bytes)):
+            if delta[name]:
+                metric.inc(delta[name])
+        for name, value in delta.items():
+            setattr(seen, name, getattr(seen, name) + value)
+        return delta["pages"]

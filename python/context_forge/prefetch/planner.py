@@ -1,0 +1,187 @@
+"""Which KV to prefetch: agents due soon in each live workflow, and the radix node each one needs.
+
+Pure bookkeeping over :class:`~context_forge.workflow.priority.LiveWorkflows` and the radix tree
+(no torch, no engine), so the engine and the simulator share it.
+
+Due agents of a workflow, for a look-ahead of ``k`` steps:
+
+- declared graph: agents whose steps-to-execution in that instance (``tracker.instance_steps``)
+  are ``<= k``, most urgent first (ties by agent id);
+- dynamic workflow (no graph; only with ``use_predictor``): agents whose probability of being
+  called within the next ``k`` calls (``predictor.prob_within``) is ``>= min_prob``. Their
+  ``steps`` is one less than the smallest horizon ``j <= k`` at which that probability reaches
+  ``min_prob`` (the next call is step 0, like a ready agent of a graph); ties by probability.
+
+An agent's target node is the last node its requests inserted in this workflow; failing that,
+the top-level node (child of the root) of the last prompt the agent inserted in any workflow:
+a shared system prompt or agent preamble that a new instance will reuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from context_forge.cache.node import RadixNode
+from context_forge.cache.radix import RadixTree
+from context_forge.workflow.priority import LiveWorkflows
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """``load_ahead_step``: the largest look-ahead ``k``; ``use_predictor``: also plan dynamic
+    workflows from the next-agent predictor, keeping agents with ``prob_within >= min_prob``."""
+
+    load_ahead_step: int = 2
+    use_predictor: bool = True
+    min_prob: float = 0.3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.load_ahead_step, bool) or not isinstance(self.load_ahead_step, int) \
+                or self.load_ahead_step < 0:
+            raise ValueError(f"PlannerConfig.load_ahead_step must be an int >= 0, got {self.load_ahead_step!r}")
+        if not 0.0 <= self.min_prob <= 1.0:
+            raise ValueError(f"PlannerConfig.min_prob must be in [0, 1], got {self.min_prob!r}")
+
+
+@dataclass(frozen=True)
+class DueAgent:
+    """An agent expected to run in ``steps`` steps (0 = next) with probability ``prob``."""
+
+    agent_id: str
+    steps: float
+    prob: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class PrefetchTarget:
+    """Load the host-only part of the path to ``node`` for ``agent_id`` of ``workflow_id``."""
+
+    workflow_id: str
+    agent_id: str
+    node: RadixNode
+    steps: float
+    prob: float = 1.0
+
+    @property
+    def urgency(self) -> tuple[float, float]:
+        """Sort key: sooner first, then likelier first."""
+        return (self.steps, -self.prob)
+
+
+def node_is_live(node: RadixNode, page_size: int) -> bool:
+    """Whether ``node`` is still attached to its tree (not deleted by an eviction)."""
+    parent = node.parent
+    if parent is None or len(node.key) < page_size:
+        return False
+    return parent.children.get(tuple(node.key[:page_size])) is node
+
+
+def host_only_pages(node: RadixNode) -> int:
+    """Pages on the path to ``node`` that are on the host only (what a load must move)."""
+    n = 0
+    while node.parent is not None and node.device_pages is None:
+        n += len(node.host_pages or ())
+        node = node.parent
+    return n
+
+
+class PrefetchPlanner:
+    """Turns workflow state into prefetch targets. Not thread-safe: call it under the lock that
+    guards the workflows and the tree (the engine lock)."""
+
+    def __init__(self, workflows: LiveWorkflows, tree: RadixTree, config: PlannerConfig | None = None) -> None:
+        self.workflows = workflows
+        self.tree = tree
+        self.config = config or PlannerConfig()
+        self._last: dict[tuple[str, str], RadixNode] = {}
+        self._last_agent: dict[str, RadixNode] = {}
+
+    # ---------------------------------------------------------------- what requests inserted
+    def note_insert(self, workflow_id: str | None, agent_id: str | None, node: RadixNode) -> None:
+        """A request of ``agent_id`` in ``workflow_id`` inserted its KV, ending at ``node``."""
+        if agent_id is None or node.parent is None:
+            return
+        self._last_agent[agent_id] = node
+        if workflow_id is not None:
+            self._last[(workflow_id, agent_id)] = node
+
+    def forget(self, workflow_id: str) -> None:
+        """The workflow ended: drop its per-agent nodes (the cross-workflow fallback stays)."""
+        for key in [k for k in self._last if k[0] == workflow_id]:
+            del self._last[key]
+
+    # ---------------------------------------------------------------- planning
+    def look_ahead(self, max_steps: int | None = None) -> int:
+        """The look-ahead in steps: ``load_ahead_step`` capped by ``max_steps`` (-1 = none)."""
+        k = self.config.load_ahead_step
+        return k if max_steps is None else min(k, max_steps)
+
+    def due_agents(self, workflow_id: str, max_steps: int | None = None) -> list[DueAgent]:
+        """Agents of ``workflow_id`` due within the look-ahead, most urgent first."""
+        k = self.look_ahead(max_steps)
+        if k < 0:
+            return []
+        wf = self.workflows
+        tracker = wf.tracker
+        if workflow_id in tracker:
+            due = []
+            for spec in tracker.graph_of(workflow_id).agents:
+                steps = tracker.instance_steps(workflow_id, spec.agent_id)
+                if steps <= k:
+                    due.append(DueAgent(spec.agent_id, steps))
+            due.sort(key=lambda d: (d.steps, d.agent_id))
+            return due
+        if not self.config.use_predictor or not wf.is_dynamic(workflow_id) or k == 0:
+            return []
+        return self._likely(workflow_id, k)
+
+    def _likely(self, workflow_id: str, k: int) -> list[DueAgent]:
+        predictor = self.workflows.predictor
+        floor = self.config.min_prob
+        final = predictor.prob_within(workflow_id, k)
+        keep = {a: p for a, p in final.items() if p >= floor}
+        steps: dict[str, float] = {}
+        for j in range(1, k + 1):
+            if len(steps) == len(keep):
+                break
+            probs = final if j == k else predictor.prob_within(workflow_id, j)
+            for a in keep:
+                if a not in steps and probs.get(a, 0.0) >= floor:
+                    steps[a] = float(j - 1)
+        due = [DueAgent(a, steps.get(a, float(k - 1)), p) for a, p in keep.items()]
+        due.sort(key=lambda d: (d.steps, -d.prob, d.agent_id))
+        return due
+
+    def target_node(self, workflow_id: str, agent_id: str) -> RadixNode | None:
+        """The node to load for ``agent_id`` in ``workflow_id`` (see the module docstring)."""
+        node = self._last.get((workflow_id, agent_id))
+        if node is not None and node_is_live(node, self.tree.page_size):
+            return node
+        node = self._last_agent.get(agent_id)
+        if node is None:
+            return None
+        while node.parent is not None and node.parent.parent is not None:
+            node = node.parent
+        return node if node_is_live(node, self.tree.page_size) else None
+
+    def targets(self, workflow_id: str, max_steps: int | None = None) -> list[PrefetchTarget]:
+        """Due agents whose target node has a host-only part, most urgent first, one per node."""
+        out: list[PrefetchTarget] = []
+        seen: set[int] = set()
+        for due in self.due_agents(workflow_id, max_steps):
+            node = self.target_node(workflow_id, due.agent_id)
+            if node is None or node.id in seen or host_only_pages(node) == 0:
+                continue
+            seen.add(node.id)
+            out.append(PrefetchTarget(workflow_id, due.agent_id, node, due.steps, due.prob))
+        return out
+
+    def all_targets(self, workflow_ids: Iterable[str] | None = None,
+                    max_steps: int | None = None) -> list[PrefetchTarget]:
+        """Targets of several workflows (default: every live one), most urgent first."""
+        ids = self.workflows.live_workflows() if workflow_ids is None else list(workflow_ids)
+        out = [t for wf in ids for t in self.targets(wf, max_steps)]
+        out.sort(key=lambda t: t.urgency)
+        return out
+

@@ -1,0 +1,139 @@
+"""The engine's prefetch front: plans on workflow events, loads through the controller.
+
+Triggers: every change the engine's ``SharedWorkflows`` reports (workflow registered, request
+arrived or finished, agent finished, workflow finished) marks that workflow; changes made to the
+step tracker behind ``SharedWorkflows``' back (the server's ``agent_finished`` today calls
+``tracker.agent_finished`` directly) are caught through a tracker change feed, which marks the
+live workflows that declare a changed agent. ``tick()`` (engine lock, once per engine step and
+when the idle engine is woken) replans the marked workflows: their due agents' target nodes
+become the workflow's queued prefetches, replacing (cancelling) what was queued before.
+
+Pressure: ``set_pressure(max_steps, reserve_pages)`` caps the look-ahead with the mode's
+``prefetch_max_steps`` (``-1``: no prefetch) and keeps the mode's free-page target free.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from context_forge.cache.node import RadixNode
+from context_forge.cache.tiered import RadixCache
+from context_forge.workflow.priority import LiveWorkflows
+
+from .controller import ControllerConfig, PrefetchController
+from .ledger import ObservedPagePool, PrefetchLedger, PrefetchStats
+from .planner import PlannerConfig, PrefetchPlanner
+from .tasks import LoadTask
+
+if TYPE_CHECKING:
+    from .copier import PageCopier
+
+
+class WorkflowPrefetcher:
+    """Planner + controller + ledger, wired for the engine."""
+
+    def __init__(self, cache: RadixCache, workflows: LiveWorkflows, copier: PageCopier,
+                 lock: threading.RLock, planner_config: PlannerConfig | None = None,
+                 controller_config: ControllerConfig | None = None,
+                 on_complete: Callable[[LoadTask], None] | None = None) -> None:
+        self.cache = cache
+        self.workflows = workflows
+        self.lock = lock
+        self.planner = PrefetchPlanner(workflows, cache, planner_config)
+        self.controller = PrefetchController(cache, copier, lock, controller_config, on_complete=on_complete)
+        if isinstance(cache.device_pool, ObservedPagePool):
+            cache.device_pool.add_free_listener(self.ledger.freed)
+        self._feed = workflows.tracker.subscribe()
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
+        self._max_steps = self.planner.config.load_ahead_step
+        self._planned: set[str] = set()
+
+    @property
+    def stats(self) -> PrefetchStats:
+        return self.controller.stats
+
+    @property
+    def ledger(self) -> PrefetchLedger:
+        return self.controller.ledger
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.controller.error
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        """Stop the worker (call without the engine lock)."""
+        self.controller.stop()
+
+    # ---------------------------------------------------------------- triggers (thread-safe)
+    def mark(self, workflow_id: str) -> None:
+        """Replan ``workflow_id`` at the next ``tick``."""
+        with self._dirty_lock:
+            self._dirty.add(workflow_id)
+
+    def mark_all(self, workflow_ids: Iterable[str]) -> None:
+        with self._dirty_lock:
+            self._dirty.update(workflow_ids)
+
+    @property
+    def has_dirty(self) -> bool:
+        return bool(self._dirty)
+
+    # ---------------------------------------------------------------- engine lock
+    def tick(self) -> None:
+        """*Engine lock.* Replan every marked workflow (and those the tracker feed points at)."""
+        changed = self._feed.drain()
+        tracker = self.workflows.tracker
+        if changed:
+            for wf in tracker.live_instances():
+                graph = tracker.graph_of(wf)
+                if any(a in graph for a in changed):
+                    self.mark(wf)
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        if not dirty:
+            return
+        live = set(self.workflows.live_workflows())
+        for wf in dirty:
+            if wf in live:
+                targets = self.planner.targets(wf, self._max_steps)
+                self.controller.update(wf, targets)
+                self._planned.add(wf)
+            else:
+                self.planner.forget(wf)
+                if wf in self._planned:
+                    self._planned.discard(wf)
+                    self.controller.drop(wf)
+
+    def set_pressure(self, max_steps: int, reserve_pages: int = 0) -> None:
+        """*Engine lock.* Apply a pressure mode's ``prefetch_max_steps`` and free-page target."""
+        if max_steps != self._max_steps:
+            grew = max_steps > self._max_steps
+            self._max_steps = max_steps
+            if grew:
+                self.mark_all(self.workflows.live_workflows())
+        self.controller.set_limits(max_steps, reserve_pages)
+
+    def note_insert(self, workflow_id: str | None, agent_id: str | None, node: RadixNode) -> None:
+        """*Engine lock.* A request of ``agent_id`` inserted its KV ending at ``node``."""
+        self.planner.note_insert(workflow_id, agent_id, node)
+
+    def demand(self, node: RadixNode) -> LoadTask | None:
+        """*Engine lock.* On-demand load of the host-only part of the path to ``node``."""
+        return self.controller.demand(node)
+
+    def claim(self, pages: Iterable[int]) -> int:
+        """*Engine lock.* A request admitted with ``pages``: how many were unclaimed prefetched pages."""
+        return self.ledger.claim(pages)
+
+    # ---------------------------------------------------------------- waiting (tests, benchmarks)
+    def idle(self) -> bool:
+        return not self.has_dirty and self.controller.idle()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        return self.controller.wait_idle(timeout)

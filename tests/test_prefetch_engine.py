@@ -1,0 +1,284 @@
+"""Prefetching inside the engine, on the CPU through the thread path (no GPU here).
+
+Admission: a request whose prefix is on the host waits for its on-demand load while other
+requests run (scheduler + KV manager + prefetcher, the model replaced by appending tokens as in
+``test_engine_scheduler``). Service: workflow events and tracker changes trigger replanning.
+End to end: a real engine (tiny-llama) with a declared workflow finds the next agent's
+offloaded prefix back on the device when its request arrives: a prefetch hit and no stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+
+import torch
+from context_forge.cache import PagePool, RadixCache, get_policy
+from context_forge.config import ServerConfig
+from context_forge.engine.engine import Engine
+from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.engine.kv_manager import KVManager
+from context_forge.engine.kv_transfer import BufferTransfer
+from context_forge.engine.output import OutputStream
+from context_forge.engine.req_state import ReqState
+from context_forge.engine.request import GenerateRequest, SamplingParams
+from context_forge.engine.scheduler import Batch, Scheduler
+from context_forge.engine.workflows import SharedWorkflows
+from context_forge.model.tokenizer import ByteTokenizer
+from context_forge.prefetch import CpuCopier, ObservedPagePool, PlannerConfig, TaskState, WorkflowPrefetcher
+from context_forge.workflow.graph import AgentSpec, WorkflowGraph
+
+PS = 4
+TOK = ByteTokenizer()
+_ids = itertools.count()
+
+
+class GatedCopier(CpuCopier):
+    """The real CPU copier; loads wait until the test opens ``gate`` (keeps a load in flight)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.gate = threading.Event()
+
+    def _chunk(self, state, host_pages, device_pages, offset) -> None:
+        assert self.gate.wait(10), "gate never opened"
+        super()._chunk(state, host_pages, device_pages, offset)
+
+
+def state(prompt: list[int], max_tokens: int = 2, workflow_id=None, agent_id=None) -> ReqState:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    req = GenerateRequest(f"r{next(_ids)}", prompt, params, workflow_id=workflow_id, agent_id=agent_id)
+    return ReqState(req=req, stream=OutputStream(TOK, params, (), 10_000), generator=torch.Generator(),
+                    emit=lambda out: None)
+
+
+class Stack:
+    """Scheduler, KV manager and prefetcher over real buffers, cache and workflows."""
+
+    def __init__(self, copier_cls=GatedCopier) -> None:
+        self.lock = threading.RLock()
+        dev = DeviceKVBuffer(2, 32, PS, 1, 4, torch.float32)
+        host = HostKVBuffer(2, 64, PS, 1, 4, torch.float32, pin_memory=False)
+        self.pool = ObservedPagePool(32, "device")
+        self.cache = RadixCache(PS, self.pool, PagePool(64, "host"), get_policy("lru"),
+                                BufferTransfer(dev, host), "write_back")
+        self.workflows = SharedWorkflows(self.lock)
+        self.copier = copier_cls(dev, host, 2)
+        self.pf = WorkflowPrefetcher(self.cache, self.workflows, self.copier, self.lock, PlannerConfig(1))
+        self.workflows.add_listener(self.pf.mark)
+        self.kv = KVManager(PS, self.pool, self.cache, loader=self.pf,
+                            on_insert=lambda st, node: self.pf.note_insert(st.req.workflow_id,
+                                                                           st.req.agent_id, node))
+        self.sched = Scheduler(self.kv, 64, 8)
+        self.pf.start()
+
+    def step(self) -> tuple[list[ReqState], Batch]:
+        """One scheduler step with a pretend model: the requests that finished, and the batch."""
+        with self.lock:
+            self.pf.tick()
+            batch = self.sched.schedule()
+            done = []
+            for s in batch.seqs:
+                st = s.state
+                st.computed += s.num_tokens
+                if st.num_pending == 0:
+                    st.all_ids.append(7)
+                    if st.num_output >= st.req.sampling.max_tokens:
+                        self.sched.finish(st)
+                        done.append(st)
+            self.kv.check()
+            return done, batch
+
+    def run(self, *states: ReqState) -> None:
+        for st in states:
+            with self.lock:
+                self.sched.add(st)
+        for _ in range(1000):
+            if not self.sched.has_work:
+                return
+            self.step()
+            if self.sched.waiting and not self.sched.running:
+                self.pf.wait_idle()
+        raise AssertionError("scheduler did not finish")
+
+    def close(self) -> None:
+        if isinstance(self.copier, GatedCopier):
+            self.copier.gate.set()
+        self.pf.stop()
+
+
+def prompt(seed: int, length: int) -> list[int]:
+    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
+
+
+def test_a_request_waits_for_its_on_demand_load_while_others_run():
+    s = Stack()
+    try:
+        s.copier.gate.set()
+        first = state(prompt(1, 21))
+        s.run(first)
+        s.copier.gate.clear()
+        with s.lock:
+            s.cache.evict_device(s.pool.num_used)
+        again, other = state(prompt(1, 21)), state(prompt(2, 9))
+        with s.lock:
+            s.sched.add(again)
+            s.sched.add(other)
+        _, batch = s.step()
+        assert [st for st, _ in batch.admitted] == [other], "the waiting request must not block the queue"
+        assert list(s.sched.waiting) == [again] and s.kv.num_waiting_for_loads == 1
+        _, batch = s.step()
+        assert again in s.sched.waiting, "still loading: still waiting"
+        s.copier.gate.set()
+        assert s.pf.wait_idle()
+        _, batch = s.step()
+        (hit,) = [h for st, h in batch.admitted if st is again]
+        assert (hit.device_hit, hit.host_hit) == (0, 20) and hit.stall_s > 0 and hit.prefetch_hit == 0
+        s.run()
+        assert s.pf.stats.demand_loads == 1 and s.kv.num_waiting_for_loads == 0
+    finally:
+        s.close()
+
+
+def test_aborting_a_waiting_request_releases_its_hold():
+    s = Stack()
+    try:
+        s.copier.gate.set()
+        s.run(state(prompt(3, 17)))
+        s.copier.gate.clear()
+        with s.lock:
+            s.cache.evict_device(s.pool.num_used)
+        waiting = state(prompt(3, 17))
+        with s.lock:
+            s.sched.add(waiting)
+        s.step()
+        with s.lock:
+            assert s.sched.remove(waiting.rid) is waiting
+        s.copier.gate.set()
+        assert s.pf.wait_idle()
+        with s.lock:
+            assert all(n.lock_ref == 0 for n in s.cache.nodes())
+            s.kv.check()
+    finally:
+        s.close()
+
+
+def test_workflow_events_and_tracker_changes_trigger_prefetch():
+    s = Stack(copier_cls=CpuCopier)
+    try:
+        graph = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)),
+                               AgentSpec("tester", ("coder",))])
+        s.workflows.register("w", graph)
+        s.run(state(prompt(4, 13), workflow_id="w", agent_id="coder"),
+              state(prompt(5, 13), workflow_id="w", agent_id="tester"))
+        coder = s.pf.planner.target_node("w", "coder")
+        with s.lock:
+            s.cache.evict_device(s.pool.num_used)
+            s.workflows.register("w2", graph)  # a new instance: planner (0 steps) and coder (1) are due
+            s.pf.tick()
+        assert s.pf.wait_idle()
+        assert s.pf.stats.completed == 1 and coder.device_pages is not None  # by the agent fallback
+        with s.lock:
+            s.workflows.tracker.agent_finished("w2", "planner")  # behind SharedWorkflows' back
+            s.pf.tick()
+        assert s.pf.wait_idle()
+        assert s.pf.stats.completed == 2  # tester is now 1 step away
+        with s.lock:
+            s.cache.evict_device(s.pool.num_used)
+            s.pf.set_pressure(-1)
+            s.workflows.agent_finished("w2", "coder")
+            s.pf.tick()
+        assert s.pf.wait_idle() and s.pf.stats.completed == 2, "no prefetch under emergency pressure"
+        with s.lock:
+            s.pf.set_pressure(2)  # relaxed again: every live workflow is replanned
+            s.workflows.finish("w2")
+            s.pf.tick()
+        assert s.pf.wait_idle()
+        assert s.pf.stats.completed == 3 and coder.device_pages is not None  # w's coder is 1 step away
+        assert all(t.state is not TaskState.QUEUED for t in s.pf.controller.history)
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- the real engine
+def make_engine(**overrides) -> Engine:
+    values = {"model_path": "tiny-llama", "page_size": PS, "max_total_tokens": PS * 48,
+              "chunked_prefill_size": 64, "max_prefill_tokens": 256, "radix_eviction_policy": "kvflow",
+              "memory_monitor": "none", "enable_hierarchical_cache": True, "hicache_ratio": 4.0,
+              "load_ahead_step": 1}
+    values.update(overrides)
+    engine = Engine(ServerConfig(**values))
+    engine.start()
+    return engine
+
+
+def generate(engine: Engine, tokens: list[int], **kw) -> list:
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+
+    async def main():
+        return [o async for o in engine.generate(GenerateRequest(f"e{next(_ids)}", tokens, params, **kw))]
+    return asyncio.run(main())
+
+
+def ids(outs) -> list[int]:
+    return [t for o in outs for t in o.token_ids]
+
+
+def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives():
+    engine = make_engine()
+    ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
+    try:
+        graph = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",))], repeat=True)
+        engine.workflows.register("wf", graph)
+        plan, code = prompt(10, 40), prompt(11, 40)
+        generate(engine, plan, workflow_id="wf", agent_id="planner")
+        generate(engine, code, workflow_id="wf", agent_id="coder")
+        pf, lock, cache = engine.prefetch, engine.parts.lock, engine.parts.cache
+        assert pf is not None and pf.wait_idle()
+        with lock:
+            cache.evict_device(engine.parts.device_pool.num_used)  # both agents' KV to host
+            assert cache.match(code, touch=False).device_len == 0
+        generate(engine, plan + prompt(12, 8), workflow_id="wf", agent_id="planner")  # round 2
+        assert pf.wait_idle()
+        with lock:
+            m = cache.match(code, touch=False)
+            assert m.device_len == 40 and not any(n.is_loading for n in m.nodes)
+        c = engine.stats.counters
+        before = (c.prefetch_hit_tokens, c.prefetch_stall_s, c.host_hit_tokens)
+        follow_up = code + prompt(13, 8)
+        outs = generate(engine, follow_up, workflow_id="wf", agent_id="coder")
+        assert outs[-1].cached_tokens == 40
+        assert c.prefetch_hit_tokens - before[0] == 40, "the coder's prefix came from a prefetch"
+        assert (c.prefetch_stall_s, c.host_hit_tokens) == before[1:], "no stall, no on-demand load"
+        assert ids(outs) == ids(generate(ref, follow_up))
+        m = engine.metrics
+        assert m.prefetch_completed.value() >= 1 and m.prefetch_issued.value() >= 1
+        assert m.prefetch_bytes.value() >= 10 * engine.parts.host_kv.bytes_per_page
+        engine.check_invariants()
+    finally:
+        engine.shutdown()
+        ref.shutdown()
+
+
+def test_layer_wait_mode_falls_back_to_request_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="context_forge.engine.builder"):
+        engine = make_engine(prefetch_wait_mode="layer")
+    try:
+        assert any("prefetch_wait_mode 'layer'" in r.getMessage() for r in caplog.records)
+        assert engine.prefetch is not None
+        assert len(ids(generate(engine, prompt(20, 9)))) == 4
+    finally:
+        engine.shutdown()
+
+
+def test_prefetch_is_off_without_the_host_tier_or_when_disabled():
+    for overrides in ({"enable_hierarchical_cache": False}, {"enable_prefetch": False}):
+        engine = make_engine(**overrides)
+        try:
+            assert engine.prefetch is None
+            assert len(ids(generate(engine, prompt(21, 9)))) == 4
+        finally:
+            engine.shutdown()
+

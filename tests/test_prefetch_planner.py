@@ -1,0 +1,132 @@
+"""PrefetchPlanner over real LiveWorkflows (tracker + predictor) and a real two-tier radix cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from context_forge.cache import CountingTransfer, PagePool, RadixCache, get_policy
+from context_forge.prefetch.planner import DueAgent, PlannerConfig, PrefetchPlanner, host_only_pages
+from context_forge.workflow.graph import AgentSpec, WorkflowGraph
+from context_forge.workflow.priority import LiveWorkflows
+
+PS = 2
+CHAIN = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)),
+                       AgentSpec("reviewer", ("coder",))])
+
+
+def make(load_ahead: int = 2, **kw) -> tuple[LiveWorkflows, RadixCache, PrefetchPlanner]:
+    wf = LiveWorkflows()
+    cache = RadixCache(PS, PagePool(64, "device"), PagePool(128, "host"), get_policy("lru"), CountingTransfer())
+    return wf, cache, PrefetchPlanner(wf, cache, PlannerConfig(load_ahead_step=load_ahead, **kw))
+
+
+def insert(cache: RadixCache, tokens: list[int], agent: str):
+    pages = cache.alloc_device(len(tokens) // PS)
+    res = cache.insert(tokens, pages, agent)
+    cache.device_pool.free(res.redundant(pages))
+    return res.node
+
+
+def run_agent(wf: LiveWorkflows, cache: RadixCache, planner: PrefetchPlanner, wid: str, agent: str,
+              tokens: list[int]):
+    wf.on_request(wid, agent)
+    node = insert(cache, tokens, agent)
+    planner.note_insert(wid, agent, node)
+    wf.on_request_finished(wid, agent)
+    return node
+
+
+def toks(seed: int, pages: int, shared: list[int] = ()) -> list[int]:
+    return list(shared) + [seed * 100 + i for i in range(pages * PS)]
+
+
+def test_graph_agents_due_within_the_look_ahead_in_step_order():
+    wf, _, planner = make(load_ahead=1)
+    wf.register("w", CHAIN)
+    assert planner.due_agents("w") == [DueAgent("planner", 0.0), DueAgent("coder", 1.0)]
+    wf.on_request("w", "planner")
+    wf.on_request_finished("w", "planner")
+    assert [d.agent_id for d in planner.due_agents("w")] == ["coder", "reviewer"]
+    assert [d.agent_id for d in planner.due_agents("w", max_steps=0)] == ["coder"]
+    assert planner.due_agents("w", max_steps=-1) == []
+    assert planner.due_agents("unknown") == []
+
+
+def test_targets_are_the_due_agents_offloaded_nodes_most_urgent_first():
+    wf, cache, planner = make()
+    wf.register("w", WorkflowGraph(CHAIN.agents, repeat=True))
+    system = toks(9, 2)
+    nodes = {a: run_agent(wf, cache, planner, "w", a, toks(i, 3, system))
+             for i, a in enumerate(["planner", "coder", "reviewer"])}
+    assert planner.targets("w") == []  # everything is on the device
+    cache.evict_device(cache.device_pool.num_used)
+    assert all(n.device_pages is None for n in nodes.values())
+    targets = planner.targets("w")
+    assert [(t.agent_id, t.steps) for t in targets] == [("planner", 0.0), ("coder", 1.0), ("reviewer", 2.0)]
+    assert [t.node for t in targets] == [nodes["planner"], nodes["coder"], nodes["reviewer"]]
+    assert host_only_pages(nodes["coder"]) == 5  # its own 3 pages and the shared 2 above them
+    assert [t.agent_id for t in planner.targets("w", max_steps=1)] == ["planner", "coder"]
+
+
+def test_a_new_instance_falls_back_to_the_agents_top_level_prefix():
+    wf, cache, planner = make()
+    wf.register("w1", CHAIN)
+    system = toks(9, 2)
+    mine = run_agent(wf, cache, planner, "w1", "planner", toks(1, 3, system))
+    run_agent(wf, cache, planner, "w1", "coder", toks(2, 3, system))  # splits off the shared prefix
+    cache.evict_device(cache.device_pool.num_used)
+    wf.register("w2", CHAIN)
+    (target,) = planner.targets("w2", max_steps=0)
+    assert target.agent_id == "planner" and target.node is mine.parent
+    assert target.node.parent is cache.root and target.node.key == system
+    assert planner.target_node("w1", "planner") is mine
+    planner.forget("w1")
+    assert planner.target_node("w1", "planner") is mine.parent
+
+
+def test_agents_sharing_a_node_get_one_target_and_dead_nodes_none():
+    wf, cache, planner = make()
+    wf.register("w", WorkflowGraph([AgentSpec("a"), AgentSpec("b")]))
+    node = insert(cache, toks(1, 2), "a")
+    planner.note_insert("w", "a", node)
+    planner.note_insert("w", "b", node)
+    cache.evict_device(cache.device_pool.num_used)
+    assert [d.agent_id for d in planner.due_agents("w")] == ["a", "b"]
+    (target,) = planner.targets("w")
+    assert target.agent_id == "a" and target.node is node
+    cache.evict_host(cache.host_pool.num_used)  # the node is gone from both tiers
+    assert planner.target_node("w", "a") is None and planner.targets("w") == []
+
+
+def test_dynamic_workflows_use_the_predictor_only_when_enabled():
+    wf, cache, planner = make(load_ahead=2, min_prob=0.5)
+    for i in range(6):  # the predictor learns: after "search" comes "summarize"
+        for agent in ("search", "summarize"):
+            wf.on_request(f"train{i}", agent)
+            wf.on_request_finished(f"train{i}", agent)
+    node = run_agent(wf, cache, planner, "d1", "summarize", toks(1, 2))
+    wf.on_request("d1", "search")
+    due = planner.due_agents("d1")
+    assert due and due[0].agent_id == "summarize" and due[0].steps == 0.0 and due[0].prob >= 0.5
+    cache.evict_device(cache.device_pool.num_used)
+    (target,) = [t for t in planner.targets("d1") if t.agent_id == "summarize"]
+    assert target.node is node
+    assert planner.due_agents("d1", max_steps=0) == []
+    off = PrefetchPlanner(wf, cache, PlannerConfig(use_predictor=False))
+    assert off.due_agents("d1") == []
+
+
+def test_bad_planner_config_names_the_field():
+    with pytest.raises(ValueError, match="load_ahead_step"):
+        PlannerConfig(load_ahead_step=-1)
+    with pytest.raises(ValueError, match="min_prob"):
+        PlannerConfig(min_prob=1.5)
+
+
+def test_planner_imports_neither_torch_nor_the_engine():
+    code = ("import sys; import context_forge.prefetch.planner; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('context_forge.engine')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
