@@ -29,6 +29,7 @@ from context_forge.engine.workflows import SharedWorkflows
 from context_forge.model.tokenizer import ByteTokenizer
 from context_forge.prefetch import CpuCopier, ObservedPagePool, PlannerConfig, TaskState, WorkflowPrefetcher
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
+from context_forge.workflow.scope import scope_key
 
 PS = 4
 TOK = ByteTokenizer()
@@ -254,6 +255,10 @@ def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives(
         assert (c.prefetch_stall_s, c.host_hit_tokens) == before[1:], "no stall, no on-demand load"
         assert ids(outs) == ids(generate(ref, follow_up))
         m = engine.metrics
+        assert m.prefetch_hit_tokens.value() >= 40
+        with lock:
+            tags = cache.match(code, touch=False).last_node.agents
+        assert scope_key("wf", "coder") in tags, "nodes are tagged with the workflow-scoped agent key"
         assert m.prefetch_completed.value() >= 1 and m.prefetch_issued.value() >= 1
         assert m.prefetch_bytes.value() >= 10 * engine.parts.host_kv.bytes_per_page
         engine.check_invariants()

@@ -348,6 +348,9 @@ class Metrics:
             "prefetch_wasted_total", "Prefetched prefixes evicted again before any request used them."
         )
         self.prefetch_bytes = counter("prefetch_bytes_total", "Bytes copied host-to-device by prefetches.")
+        self.prefetch_hit_tokens = counter(
+            "prefetch_hit_tokens_total", "Prompt tokens found on the device because a prefetch had loaded them."
+        )
         self.prefetch_stall_seconds = counter(
             "prefetch_stall_seconds_total", "Time requests waited for an in-flight prefetch to land."
         )

@@ -97,7 +97,7 @@ def build(config: ServerConfig) -> EngineParts:
     scheduler = Scheduler(kv, cfg.chunked_prefill_size, max_running, cfg.max_prefill_tokens)
     pressure = PressureController(cfg.pressure_thresholds, cfg.pressure_hysteresis, _monitor(cfg, device),
                                   load_ahead_step=cfg.load_ahead_step, evict_pri_level=cfg.evict_pri_level)
-    runner = ModelRunner(model, device_kv, ps)
+    runner = ModelRunner(model, device_kv, ps, cfg)
     return EngineParts(cfg, mcfg, tokenizer, runner, device_kv, host_kv, device_pool, host_pool,
                        cache, kv, scheduler, workflows, pressure, lock, transfer, prefetch)
 
@@ -149,9 +149,9 @@ def host_pages(cfg: ServerConfig, n_device: int, page_bytes: int) -> int:
 def _policy(cfg: ServerConfig, workflows: LiveWorkflows) -> EvictionPolicy:
     name = cfg.radix_eviction_policy
     if name == "kvflow":
-        return get_policy(name, priority=workflows.graph_priority, evict_pri_level=cfg.evict_pri_level)
+        return get_policy(name, priority=workflows.scoped_graph_priority, evict_pri_level=cfg.evict_pri_level)
     if name == "pbkv":
-        return get_policy(name, priority=workflows.blended_priority, evict_pri_level=cfg.evict_pri_level)
+        return get_policy(name, priority=workflows.scoped_blended_priority, evict_pri_level=cfg.evict_pri_level)
     return get_policy(name)
 
 

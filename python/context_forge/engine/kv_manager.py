@@ -28,6 +28,8 @@ from context_forge.cache.pool import PagePool
 from context_forge.cache.radix import MatchResult
 from context_forge.cache.tiered import RadixCache
 
+from context_forge.workflow.scope import scope_key
+
 from .req_state import ReqState
 
 
@@ -67,6 +69,12 @@ class _Wait:
     loaded_tokens: int = 0
 
 
+def cache_tag(st: ReqState) -> str | None:
+    """The tag the cache records for ``st``'s nodes: its agent scoped by its workflow."""
+    req = st.req
+    return scope_key(req.workflow_id, req.agent_id) if req.agent_id else None
+
+
 class KVManager:
     """Allocates, shares and releases the device pages of requests."""
 
@@ -102,7 +110,7 @@ class KVManager:
         cache = self.cache
         if cache is not None:
             key = tokens[:len(tokens) - 1]  # the last token is always computed, for its logits
-            agent = st.req.agent_id
+            agent = cache_tag(st)
             m = cache.match(key, agent_id=agent, touch=st not in self._waits)
             if self.loader is not None:
                 if self._must_wait(st, m):
@@ -231,7 +239,7 @@ class KVManager:
         assert self.cache is not None
         full = st.computed // self.page_size
         res = self.cache.insert(st.all_ids[:full * self.page_size], st.page_table[:full],
-                                agent_id=st.req.agent_id)
+                                agent_id=cache_tag(st))
         return res.pages, res.node
 
     def _adopt(self, st: ReqState, tree: list[int]) -> None:

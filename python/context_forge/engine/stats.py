@@ -62,6 +62,8 @@ class EngineStats:
             m.host_hit_tokens.inc(hit.host_hit)
             m.load_backs.inc()
         c.prefetch_hit_tokens += hit.prefetch_hit
+        if hit.prefetch_hit:
+            m.prefetch_hit_tokens.inc(hit.prefetch_hit)
         if hit.stall_s > 0:
             c.prefetch_stall_s += hit.stall_s
             m.prefetch_stall_seconds.inc(hit.stall_s)
@@ -71,6 +73,8 @@ class EngineStats:
         c, m = self.counters, self.metrics
         c.steps += 1
         c.recomputed_tokens += prefill_tokens
+        if prefill_tokens:
+            m.recomputed_tokens.inc(prefill_tokens)
         c.preemptions += preempted
         m.running_requests.set(running)
         m.waiting_requests.set(waiting)
@@ -89,6 +93,8 @@ class EngineStats:
             m.evicted_pages.inc(delta["device_evicted_pages"], tier="device")
         if delta["host_evicted_pages"]:
             m.evicted_pages.inc(delta["host_evicted_pages"], tier="host")
+        if delta["written_back_pages"]:
+            m.write_back_pages.inc(delta["written_back_pages"])
         on_demand = delta["loaded_back_pages"] - prefetched_pages  # the cache counts prefetches too
         if on_demand > 0:
             m.load_back_pages.inc(on_demand)

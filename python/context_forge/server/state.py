@@ -38,7 +38,7 @@ class ServerState:
         live = self.engine.workflows
         with self._lock():
             if workflow_id in live.tracker:
-                live.tracker.agent_finished(workflow_id, agent_id)
+                live.agent_finished(workflow_id, agent_id)
                 return True
             if live.is_dynamic(workflow_id):
                 return False
