@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from context_forge.cache import CountingTransfer, LoadTicket, PagePool, RadixCache, RadixNode, get_policy
 from context_forge.trace.records import Trace
+from context_forge.prefetch.planner import PlannerConfig, PrefetchPlanner
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
 from context_forge.workflow.scope import scope_key
@@ -161,8 +162,9 @@ class Simulator:
         self.running: list[_Running] = []
         self.loads: list[tuple[float, int, LoadTicket, list[RadixNode]]] = []
         self.prefetched = set()
-        self.last_node: dict[tuple[str, str], RadixNode] = {}
-        self.last_agent_node: dict[str, RadixNode] = {}
+        self.planner = PrefetchPlanner(self.workflows, self.cache, PlannerConfig(
+            self.cfg.load_ahead_step, use_predictor=self.cfg.policy == "pbkv",
+            min_prob=self.cfg.prefetch_min_prob))
         self.send_time = [0.0] * len(self.reqs)
         self.done = 0
         while self.done < len(self.reqs):
@@ -337,8 +339,7 @@ class Simulator:
         wf = r.workflow_id
         self.workflows.on_request_finished(wf, r.agent_id)
         if run.node.parent is not None:
-            self.last_node[(wf, r.agent_id)] = run.node
-            self.last_agent_node[r.agent_id] = run.node
+            self.planner.note_insert(wf, r.agent_id, run.node)
         self.wf_left[wf] -= 1
         if self.wf_left[wf] == 0:
             self.workflows.finish(wf)
@@ -350,43 +351,19 @@ class Simulator:
             self._prefetch(wf)
 
     # ------------------------------------------------------------------ prefetch
-    def _due_agents(self, wf: str) -> list[str]:
-        k = self.cfg.load_ahead_step
-        tracker = self.workflows.tracker
-        if wf in tracker:
-            graph = tracker.graph_of(wf)
-            due = [(tracker.instance_steps(wf, a.agent_id), a.agent_id) for a in graph.agents]
-            return [a for s, a in sorted(due) if s <= k]
-        if self.cfg.policy != "pbkv" or not self.workflows.is_dynamic(wf):
-            return []
-        probs = self.workflows.predictor.prob_within(wf, k)
-        likely = sorted(((p, a) for a, p in probs.items() if p >= self.cfg.prefetch_min_prob), reverse=True)
-        return [a for _, a in likely]
-
     def _prefetch(self, wf: str) -> None:
+        """Background-load the host-only KV of agents due soon (the engine's planner), sharing the
+        host->device link in order; each load may only evict nodes ranked below its target."""
         cache = self.cache
-        for agent in self._due_agents(wf):
-            node = self.last_node.get((wf, agent))
-            if node is None:
-                node = self.last_agent_node.get(agent)
-                while node is not None and node.parent is not None and node.parent.parent is not None:
-                    node = node.parent
-            if node is None or node.parent is None or not cache._alive(node):
-                continue
-            todo = cache.host_only_suffix(node)
-            if not todo:
-                continue
-            loaded = cache.load_back(node, limit=cache.policy.key(node))
-            if not loaded:
+        for target in self.planner.targets(wf):
+            plan = cache.begin_load(target.node, limit=cache.policy.key(target.node))
+            if plan is None:
                 continue
             start = max(self.now, self.link_free)
-            self.link_free = start + self.cost.load_time(loaded)
-            ticket = LoadTicket(self.link_free)
-            cache.set_loading(todo, ticket)
-            heapq.heappush(self.loads, (self.link_free, id(ticket), ticket, todo))
-            for n in todo:
-                self.prefetched.update(n.device_pages or ())
-            self.stats.prefetched_tokens += loaded
+            self.link_free = plan.ticket.ready_at = start + self.cost.load_time(plan.tokens)
+            heapq.heappush(self.loads, (self.link_free, id(plan.ticket), plan.ticket, plan.nodes))
+            self.prefetched.update(plan.device_pages)
+            self.stats.prefetched_tokens += plan.tokens
 
     def _on_device_free(self, pages: list[int]) -> None:
         """Prefetched pages freed before any request used them were wasted.
