@@ -38,6 +38,11 @@ class EvictionPolicy(ABC):
         """Agents whose priority changed since the last call (their nodes get re-ranked)."""
         return set()
 
+    def prefetch_limit(self, node: RadixNode) -> tuple:
+        """Eviction limit for loading ``node`` ahead of need: only nodes ranked strictly below this
+        may be evicted to make room (see ``RadixCache.begin_load``)."""
+        return self.key(node)
+
     def node_priority(self, node: RadixNode) -> float:
         """Expected steps until the most urgent user of the node runs (``inf`` if none)."""
         return math.inf
@@ -117,6 +122,11 @@ class _AgentAwarePolicy(EvictionPolicy):
 
     def changed_agents(self) -> set[str]:
         return self._feed.drain()
+
+    def prefetch_limit(self, node: RadixNode) -> tuple:
+        """Only KV of *strictly less urgent* users may make room for a prefetch: nodes at the same
+        level are not displaced (their LRU order would make concurrent prefetches evict each other)."""
+        return (self.key(node)[0], -math.inf)
 
 
 @register_policy("kvflow")

@@ -268,7 +268,7 @@ class PrefetchController:
         if need == 0:
             self._skip(task, "already on device")
             return None
-        limit = cache.policy.key(node)
+        limit = cache.policy.prefetch_limit(node)
         pool = cache.device_pool
         want = need + reserve
         if pool.num_free < want:

@@ -356,7 +356,7 @@ class Simulator:
         host->device link in order; each load may only evict nodes ranked below its target."""
         cache = self.cache
         for target in self.planner.targets(wf):
-            plan = cache.begin_load(target.node, limit=cache.policy.key(target.node))
+            plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
                 continue
             start = max(self.now, self.link_free)
