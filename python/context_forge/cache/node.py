@@ -36,7 +36,7 @@ class RadixNode:
 
     __slots__ = (
         "id", "key", "parent", "children", "device_pages", "host_pages", "lock_ref",
-        "agents", "last_access", "hit_count", "loading",
+        "agents", "last_access", "hit_count", "loading", "queued",
     )
 
     def __init__(self, key: list[int], parent: Optional["RadixNode"]) -> None:
@@ -51,6 +51,8 @@ class RadixNode:
         self.last_access = 0.0
         self.hit_count = 0
         self.loading: LoadTicket | None = None
+        self.queued: tuple[bool, tuple] | None = None
+        """(on the device heap?, key) of this node's live eviction-heap entry, if any."""
 
     @property
     def on_device(self) -> bool:

@@ -99,28 +99,48 @@ class RadixCache(RadixTree):
                 and not node.children and not node.is_loading)
 
     def _push(self, node: RadixNode) -> None:
+        """Queue ``node`` if it is an eviction candidate, unless an entry with its current key is
+        already queued (so re-ranking the same node twice adds no duplicate)."""
         if node.parent is None or node.lock_ref:
             return
         if node.device_pages is not None:
-            if node.is_device_leaf():
-                heapq.heappush(self._dev_heap, (self.policy.key(node), next(self._seq), node))
+            if not node.is_device_leaf():
+                return
+            heap, tier = self._dev_heap, True
         elif not node.children:
-            heapq.heappush(self._host_heap, (self.policy.key(node), next(self._seq), node))
+            heap, tier = self._host_heap, False
+        else:
+            return
+        key = self.policy.key(node)
+        if node.queued == (tier, key):
+            return
+        node.queued = (tier, key)
+        heapq.heappush(heap, (key, next(self._seq), node))
 
-    def _pop(self, heap: list, is_candidate, limit: tuple | None = None) -> RadixNode | None:
+    def _pop(self, heap: list, tier: bool, is_candidate, limit: tuple | None = None) -> RadixNode | None:
+        """The candidate with the smallest key (``None`` if none, or if it is not below ``limit``).
+
+        Entries other than a node's latest (``node.queued``) are skipped; a node whose key grew
+        since it was queued is re-queued with its current key."""
         key_of = self.policy.key
         while heap:
             key, _, node = heap[0]
+            if node.queued != (tier, key):
+                heapq.heappop(heap)
+                continue
             if not is_candidate(node):
                 heapq.heappop(heap)
+                node.queued = None
                 continue
             current = key_of(node)
             if current != key:
                 heapq.heapreplace(heap, (current, next(self._seq), node))
+                node.queued = (tier, current)
                 continue
             if limit is not None and key >= limit:
                 return None
             heapq.heappop(heap)
+            node.queued = None
             return node
         return None
 
@@ -132,6 +152,7 @@ class RadixCache(RadixTree):
         if len(self._dev_heap) + len(self._host_heap) > 4 * self.num_nodes + 4096:
             self._dev_heap, self._host_heap = [], []
             for node in self.nodes():
+                node.queued = None
                 self._push(node)
 
     # ---------------------------------------------------------------- tree hooks
@@ -230,7 +251,7 @@ class RadixCache(RadixTree):
         self._refresh()
         freed = 0
         while freed < num_pages:
-            node = self._pop(self._dev_heap, self._device_candidate, limit)
+            node = self._pop(self._dev_heap, True, self._device_candidate, limit)
             if node is None:
                 break
             freed += self._evict_device_node(node)
@@ -239,7 +260,7 @@ class RadixCache(RadixTree):
     def _evict_host(self, num_pages: int, limit: tuple | None = None) -> int:
         freed = 0
         while freed < num_pages:
-            node = self._pop(self._host_heap, self._host_candidate, limit)
+            node = self._pop(self._host_heap, False, self._host_candidate, limit)
             if node is None:
                 break
             freed += len(node.host_pages or ())

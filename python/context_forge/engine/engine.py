@@ -14,6 +14,7 @@ and after each step, applying the pressure mode's prefetch limits.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import random
@@ -86,6 +87,10 @@ class Engine:
         """Start the step loop in a background thread (idempotent)."""
         if self._thread is not None:
             return
+        # Everything built so far (model, pools, tokenizer) lives for the whole run: move it out of
+        # the cyclic GC's generations so full collections in the step loop do not rescan it.
+        gc.collect()
+        gc.freeze()
         self._thread = threading.Thread(target=self._run, name="context-forge-engine", daemon=True)
         self._thread.start()
 
