@@ -1,12 +1,11 @@
 """`DeclaredSteps`: agent priorities from the steps that clients declare with each request."""
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
 
 from context_forge.workflow.changes import ChangeFeed, ChangeHub
-from context_forge.workflow.minmap import KeyedMin
+from context_forge.workflow.minmap import AgentMinTable
 from context_forge.workflow.priority import AgentPriority
 
 __all__ = ["DeclaredSteps"]
@@ -24,7 +23,7 @@ class DeclaredSteps(AgentPriority):
     def __init__(self) -> None:
         self._declared: dict[str, dict[str, float]] = {}
         self._running: dict[str, Counter[str]] = {}
-        self._mins: dict[str, KeyedMin] = {}
+        self._mins = AgentMinTable()
         self._hub = ChangeHub()
 
     def declare(self, workflow_id: str, upcoming: Mapping[str, float]) -> None:
@@ -64,8 +63,7 @@ class DeclaredSteps(AgentPriority):
         return any(counts[agent_id] > 0 for counts in self._running.values())
 
     def priority(self, agent_id: str) -> float:
-        m = self._mins.get(agent_id)
-        return math.inf if m is None else m.min
+        return self._mins.min(agent_id)
 
     def subscribe(self) -> ChangeFeed:
         return self._hub.subscribe()
@@ -79,18 +77,5 @@ class DeclaredSteps(AgentPriority):
         self._set(agent_id, workflow_id, value)
 
     def _set(self, agent_id: str, workflow_id: str, value: float | None) -> None:
-        m = self._mins.get(agent_id)
-        if m is None:
-            if value is None:
-                return
-            m = self._mins[agent_id] = KeyedMin()
-        before = m.min
-        if value is None:
-            m.discard(workflow_id)
-        else:
-            m.set(workflow_id, value)
-        after = m.min
-        if not len(m):
-            del self._mins[agent_id]
-        if before != after:
+        if self._mins.set(agent_id, workflow_id, value):
             self._hub.publish(agent_id)

@@ -83,3 +83,38 @@ class KeyedMin:
         while heap and values.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else math.inf
+
+
+class AgentMinTable:
+    """Per agent, values keyed by owner (a workflow) and their minimum.
+
+    `set` reports whether the agent's minimum changed, so a priority can publish exactly the
+    agents whose value moved.
+    """
+
+    __slots__ = ("_mins",)
+
+    def __init__(self) -> None:
+        self._mins: dict[str, KeyedMin] = {}
+
+    def set(self, agent: str, owner: str, value: float | None) -> bool:
+        """Set (or, with ``None``, remove) the owner's value for the agent; True if the minimum moved."""
+        m = self._mins.get(agent)
+        if m is None:
+            if value is None:
+                return False
+            m = self._mins[agent] = KeyedMin()
+        before = m.min
+        if value is None:
+            m.discard(owner)
+        else:
+            m.set(owner, value)
+        after = m.min
+        if not len(m):
+            del self._mins[agent]
+        return before != after
+
+    def min(self, agent: str) -> float:
+        """The agent's smallest value over owners, `math.inf` when it has none."""
+        m = self._mins.get(agent)
+        return math.inf if m is None else m.min

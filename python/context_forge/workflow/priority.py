@@ -9,7 +9,7 @@ from collections.abc import Collection
 from context_forge.workflow.changes import ChangeFeed, ChangeHub
 from context_forge.workflow.errors import UnknownWorkflowError, WorkflowError
 from context_forge.workflow.graph import WorkflowGraph
-from context_forge.workflow.minmap import KeyedMin
+from context_forge.workflow.minmap import AgentMinTable
 from context_forge.workflow.predictor import MarkovPredictor
 from context_forge.workflow.scope import scope_key, split_scope
 from context_forge.workflow.tracker import StepTracker
@@ -68,7 +68,7 @@ class PredictorPriority(AgentPriority):
         self.predictor = predictor
         self.horizon = horizon
         self._contrib: dict[str, dict[str, float]] = {}
-        self._mins: dict[str, KeyedMin] = {}
+        self._mins = AgentMinTable()
         self._hub = ChangeHub()
         self._scoped_hub = ChangeHub()
 
@@ -103,8 +103,7 @@ class PredictorPriority(AgentPriority):
         return self._scoped_hub.subscribe()
 
     def priority(self, agent_id: str) -> float:
-        m = self._mins.get(agent_id)
-        return math.inf if m is None else m.min
+        return self._mins.min(agent_id)
 
     def subscribe(self) -> ChangeFeed:
         return self._hub.subscribe()
@@ -112,18 +111,7 @@ class PredictorPriority(AgentPriority):
     def _update(self, agent: str, workflow_id: str, value: float | None) -> None:
         if self._scoped_hub.active:
             self._scoped_hub.publish(scope_key(workflow_id, agent))
-        m = self._mins.get(agent)
-        if m is None:
-            m = self._mins[agent] = KeyedMin()
-        before = m.min
-        if value is None:
-            m.discard(workflow_id)
-        else:
-            m.set(workflow_id, value)
-        after = m.min
-        if not len(m):
-            del self._mins[agent]
-        if before != after:
+        if self._mins.set(agent, workflow_id, value):
             self._hub.publish(agent)
 
 
