@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from context_forge.server.testing import MODEL, Server, error_of, running_server, serve_app, with_config
+from context_forge.server.testing import MODEL, Server, error_of, serve_app, with_config
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running_server() as s:
-        yield s
-
-
-@pytest.fixture()
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
 
 
 def post(server: Server, path: str, body: Any = None, content: bytes | None = None) -> httpx.Response:

@@ -10,24 +10,13 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
-import pytest
 
-from context_forge.server.testing import MODEL, Server, running_server, wait_until
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running_server() as s:
-        yield s
+from context_forge.server.testing import MODEL, Server, wait_until
 
 
-@pytest.fixture()
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
 
 
 def test_health_and_models(server: Server, client: openai.OpenAI) -> None:

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from context_forge.server.testing import MODEL, Server, cycle_in, error_of, running_server
+from context_forge.server.testing import MODEL, Server, cycle_in, error_of
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running_server() as s:
-        yield s
-
-
-@pytest.fixture()
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
 
 
 def register(server: Server, workflow_id: str, agents: list[dict[str, Any]], **extra: Any) -> httpx.Response:
