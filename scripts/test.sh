@@ -9,4 +9,13 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install -q -e ".[dev]"
 PYTHON="$PY" bash scripts/install_sglang_cpu.sh
-exec "$PY" -m pytest -q "$@"
+log=$(mktemp)
+set +e
+"$PY" -m pytest -q "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# SGLang's native dependencies print reference-leak notices when the interpreter exits, after
+# pytest's summary: repeat the summary so that it is the closing line.
+grep -E '^[0-9]+ (passed|failed|error)' "$log" | tail -n 1 || true
+rm -f "$log"
+exit "$rc"
