@@ -1,20 +1,23 @@
 """Fixtures shared by the server tests: one real uvicorn server (tiny-llama on CPU) per test module,
-and an `openai` client pointed at it."""
+and an `openai` client pointed at it. The server stack is imported only when a test asks for these
+fixtures, so engine/model tests also run where fastapi or openai are not installed (the GPU box)."""
 
 from collections.abc import Iterator
+from typing import Any
 
-import openai
 import pytest
-
-from context_forge.server.testing import Server, running_server
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def server() -> Iterator[Any]:
+    from context_forge.server.testing import running_server
+
     with running_server() as s:
         yield s
 
 
 @pytest.fixture()
-def client(server: Server) -> openai.OpenAI:
+def client(server: Any) -> Any:
+    import openai
+
     return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
