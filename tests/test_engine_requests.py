@@ -223,6 +223,7 @@ def test_abort_waiting_request():
     ([1, 2], SamplingParams(top_k=-2), "top_k"),
     ([1, 2], SamplingParams(max_tokens=0), "max_tokens"),
     ([1, 2], SamplingParams(stop=[""]), "stop"),
+    ([1, 2], SamplingParams(seed=2**70), "seed"),
     ([1] * 100, SamplingParams(max_tokens=4000), "max_tokens"),
     ([1] * 4096, SamplingParams(max_tokens=1), "prompt"),
 ])

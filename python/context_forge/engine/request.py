@@ -57,6 +57,8 @@ class SamplingParams:
             raise InvalidRequest(f"ignore_eos must be a boolean, got {self.ignore_eos!r}", "ignore_eos")
         if self.seed is not None and not _is_int(self.seed):
             raise InvalidRequest(f"seed must be an integer or null, got {self.seed!r}", "seed")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise InvalidRequest(f"seed must fit in 64 bits, got {self.seed}", "seed")
 
 
 @dataclass
