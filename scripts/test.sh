@@ -16,6 +16,7 @@ rc=${PIPESTATUS[0]}
 set -e
 # SGLang's native dependencies print reference-leak notices when the interpreter exits, after
 # pytest's summary: repeat the summary so that it is the closing line.
+echo
 grep -E '^[0-9]+ (passed|failed|error)' "$log" | tail -n 1 || true
 rm -f "$log"
 exit "$rc"
