@@ -25,36 +25,26 @@ from typing import Any, ClassVar
 
 from context_forge.sglang.metadata import MAX_UPCOMING, to_custom_params
 from context_forge.workflow.graph import WorkflowGraph
+from context_forge.registry import Registry
 from context_forge.workflow.tracker import StepTracker
 from sscheduler.control import WorkflowControl
 
 __all__ = ["Target", "make_target", "register_target", "target_names"]
 
-_TARGETS: dict[str, type[Target]] = {}
+_TARGETS: Registry[type[Target]] = Registry("target")
 
 
 def register_target(name: str) -> Callable[[type[Target]], type[Target]]:
-    def add(cls: type[Target]) -> type[Target]:
-        if name in _TARGETS:
-            raise ValueError(f"target {name!r} is already registered")
-        cls.name = name
-        _TARGETS[name] = cls
-        return cls
-
-    return add
+    return _TARGETS.register(name)
 
 
 def target_names() -> list[str]:
-    return list(_TARGETS)
+    return _TARGETS.names()
 
 
 def make_target(name: str, control: WorkflowControl) -> Target:
     """The target named `name`; `ValueError` lists the known names otherwise."""
-    try:
-        cls = _TARGETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown target {name!r}; known targets: {', '.join(_TARGETS)}") from None
-    return cls(control)
+    return _TARGETS.lookup(name)(control)
 
 
 class Target(ABC):

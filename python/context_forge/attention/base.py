@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 
+from context_forge.registry import Registry
+
 if TYPE_CHECKING:
     from context_forge.engine.kv_buffer import DeviceKVBuffer
 
@@ -247,25 +249,17 @@ class AttentionBackend(ABC):
 
 
 _B = TypeVar("_B", bound=type[AttentionBackend])
-_BACKENDS: dict[str, type[AttentionBackend]] = {}
+_BACKENDS: Registry[type[AttentionBackend]] = Registry("attention backend", allow_same_class=True)
 
 
 def register_attention_backend(name: str) -> Callable[[_B], _B]:
     """Class decorator: make a backend available to ``get_attention_backend(name)``."""
-
-    def deco(cls: _B) -> _B:
-        if name in _BACKENDS and _BACKENDS[name] is not cls:
-            raise ValueError(f"attention backend {name!r} is already registered")
-        cls.name = name
-        _BACKENDS[name] = cls
-        return cls
-
-    return deco
+    return _BACKENDS.register(name)  # type: ignore[return-value]
 
 
 def available_attention_backends() -> list[str]:
     _load_builtin_backends()
-    return sorted(_BACKENDS)
+    return sorted(_BACKENDS.names())
 
 
 def default_attention_backend() -> str:
@@ -284,11 +278,7 @@ def get_attention_backend(name: str, **kwargs: object) -> AttentionBackend:
     _load_builtin_backends()
     if name == "auto":
         name = default_attention_backend()
-    try:
-        cls = _BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}") from None
-    return cls(**kwargs)
+    return _BACKENDS.lookup(name, sort_names=True)(**kwargs)
 
 
 def _load_builtin_backends() -> None:

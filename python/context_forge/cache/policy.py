@@ -14,6 +14,8 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Protocol
 
+from context_forge.registry import Registry
+
 from .node import RadixNode
 
 
@@ -48,33 +50,20 @@ class EvictionPolicy(ABC):
         return math.inf
 
 
-_REGISTRY: dict[str, type[EvictionPolicy]] = {}
+_POLICIES: Registry[type[EvictionPolicy]] = Registry("eviction policy")
 
 
 def register_policy(name: str) -> Callable[[type[EvictionPolicy]], type[EvictionPolicy]]:
-    def wrap(cls: type[EvictionPolicy]) -> type[EvictionPolicy]:
-        if name in _REGISTRY:
-            raise ValueError(f"eviction policy {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _POLICIES.register(name)
 
 
 def available_policies() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_POLICIES.names())
 
 
 def get_policy(name: str, **kwargs: Any) -> EvictionPolicy:
     """Build the policy registered as ``name``; unknown names list the known ones."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown eviction policy {name!r}; available: {', '.join(available_policies())}"
-        ) from None
-    return cls(**kwargs)
+    return _POLICIES.lookup(name, sort_names=True)(**kwargs)
 
 
 @register_policy("lru")

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
+from context_forge.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -129,25 +131,17 @@ class MemoryMonitor(ABC):
         return f"{type(self).__name__}(device_index={self.device_index}, {state})"
 
 
-_REGISTRY: dict[str, type[MemoryMonitor]] = {}
+_REGISTRY: Registry[type[MemoryMonitor]] = Registry("memory monitor")
 
 
 def register_monitor(name: str) -> Callable[[type[MemoryMonitor]], type[MemoryMonitor]]:
     """Class decorator adding a monitor to the registry under ``name``."""
-
-    def decorate(cls: type[MemoryMonitor]) -> type[MemoryMonitor]:
-        if name in _REGISTRY:
-            raise ValueError(f"memory monitor {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+    return _REGISTRY.register(name)
 
 
 def monitor_names() -> list[str]:
     """Registered monitor names, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _import(module: str, package: str) -> ModuleType:
@@ -282,10 +276,7 @@ def get_monitor(name: str, device_index: int = 0) -> MemoryMonitor:
     Raises ``ValueError`` for an unknown name and ``MonitorUnavailableError`` (naming the
     missing package or device) when the monitor cannot work here.
     """
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown memory monitor {name!r}; choose one of {', '.join(_REGISTRY)}")
-    monitor = cls(device_index)
+    monitor = _REGISTRY.lookup(name)(device_index)
     if not monitor.available():
         raise MonitorUnavailableError(
             f"memory monitor {name!r} is unavailable on device index {device_index}: "
@@ -333,7 +324,7 @@ def auto_monitor(device: Any = None) -> MemoryMonitor:
         candidates = ("rocm", "torch") if _is_hip_build() else ("nvml", "torch")
     for name in candidates:
         try:
-            monitor = _REGISTRY[name](index)
+            monitor = _REGISTRY.lookup(name)(index)
         except Exception as exc:
             logger.debug("memory monitor %s failed to build: %s", name, exc)
             continue
