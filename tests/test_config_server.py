@@ -96,6 +96,8 @@ def test_unknown_cli_option_is_named() -> None:
         (["--blend-weight", "1.2"], "blend_weight: must be in [0, 1], got 1.2"),
         (["--attention-backend", "flash"], "attention_backend: must be one of auto, torch_sdpa, triton"),
         (["--memory-monitor", "smi"], "memory_monitor (from the command line): expected one of"),
+        (["--hicache-io-backend", "dma"], "hicache_io_backend (from the command line): expected one of auto, kernel, direct, got 'dma'"),
+        (["--prefetch-wait-mode", "token"], "prefetch_wait_mode (from the command line): expected one of request, layer"),
         (["--port", "null"], "port (from the command line): expected a value (this key cannot be null)"),
         (["--model-path", "/no/such/model"], "model_path: '/no/such/model' is neither a preset"),
         (["--load-format", "safetensors"], "load_format: preset 'tiny-llama' has no weights"),

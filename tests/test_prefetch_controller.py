@@ -1,14 +1,15 @@
 """The prefetch controller with its real worker thread, real radix cache and real KV buffers.
 
-There is no GPU here, so the controller runs its thread path: ``CpuCopier`` copies each chunk on
-the worker thread itself. Every page's KV is a pattern derived from the page's tokens, so any
+There is no GPU here, so the controller runs its thread path: ``CpuCopier`` copies each unit (one
+layer of a chunk of pages) on the worker thread itself. Every page's KV is a pattern derived from the page's tokens, so any
 load can be checked bit for bit. ``SteppedCopier`` is that same copier with a gate the test
-opens chunk by chunk, to place an on-demand load in the middle of a running prefetch.
+opens unit by unit, to place an on-demand load in the middle of a running prefetch.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def pattern(page_tokens: list[int]) -> torch.Tensor:
 
 
 class SteppedCopier(CpuCopier):
-    """The real CPU copier; each chunk waits for a permit and is logged (device pages) once copied."""
+    """The real CPU copier; each unit waits for a permit and is logged (layer, device pages) once copied."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -47,10 +48,10 @@ class SteppedCopier(CpuCopier):
         self.copied = threading.Semaphore(0)
         self.log: list[tuple[int, ...]] = []
 
-    def _chunk(self, state, host_pages, device_pages, offset) -> None:
+    def _issue(self, state, unit, host_pages, device_pages) -> None:
         self.permits.acquire()
-        super()._chunk(state, host_pages, device_pages, offset)
-        self.log.append(tuple(device_pages))
+        super()._issue(state, unit, host_pages, device_pages)
+        self.log.append((unit.first_layer, tuple(device_pages)))
         self.copied.release()
 
 
@@ -58,7 +59,7 @@ class Rig:
     """A two-tier cache over real KV buffers plus a controller (started unless ``start=False``)."""
 
     def __init__(self, dev_pages: int = 32, host_pages: int = 96, chunk_pages: int = 2,
-                 copier=CpuCopier, start: bool = True) -> None:
+                 copier=CpuCopier, start: bool = True, layer_gates: bool = False) -> None:
         self.lock = threading.RLock()
         self.dev = DeviceKVBuffer(LAYERS, dev_pages, PS, HEADS, DIM, torch.float32)
         self.host = HostKVBuffer(LAYERS, host_pages, PS, HEADS, DIM, torch.float32, pin_memory=False)
@@ -66,7 +67,8 @@ class Rig:
         self.cache = RadixCache(PS, self.pool, PagePool(host_pages, "host"), get_policy("lru"),
                                 BufferTransfer(self.dev, self.host), "write_back")
         self.copier = copier(self.dev, self.host, chunk_pages)
-        self.ctl = PrefetchController(self.cache, self.copier, self.lock, ControllerConfig(history=1000))
+        self.ctl = PrefetchController(self.cache, self.copier, self.lock,
+                                      ControllerConfig(history=1000, layer_gates=layer_gates))
         self.pool.add_free_listener(self.ctl.ledger.freed)
         if start:
             self.ctl.start()
@@ -182,7 +184,7 @@ def test_stale_prefetches_are_cancelled_when_the_workflow_moves_on():
         r.close()
 
 
-def test_demand_interrupts_a_running_prefetch_between_chunks():
+def test_demand_interrupts_a_running_prefetch_between_layers():
     r = Rig(chunk_pages=1, copier=SteppedCopier)
     try:
         big, small = r.add(tokens(1, 6)), r.add(tokens(2, 2))
@@ -196,16 +198,75 @@ def test_demand_interrupts_a_running_prefetch_between_chunks():
         assert demand is not None
         r.copier.permits.release(100)
         assert r.ctl.wait_idle()
-        pre_pages = [(p,) for p in pre.plan.device_pages]
-        dem_pages = [(p,) for p in demand.plan.device_pages]
-        # chunk 1 of the prefetch had passed its interrupt point; the demand runs at the next one
-        assert r.copier.log == pre_pages[:2] + dem_pages + pre_pages[2:]
+        pre_units = [(layer, (p,)) for layer in range(LAYERS) for p in pre.plan.device_pages]
+        dem_units = [(layer, (p,)) for layer in range(LAYERS) for p in demand.plan.device_pages]
+        # unit 1 of the prefetch had passed its interrupt point; the demand runs at the next one
+        assert r.copier.log == pre_units[:2] + dem_units + pre_units[2:]
         assert [t.node for t in done_order(r.ctl)] == [small, big]
         assert r.ctl.stats.interrupts == 1
         r.check(final=True)
     finally:
         r.copier.permits.release(100)
         r.close()
+
+
+def test_gated_loads_land_layer_by_layer_for_a_waiting_reader():
+    r = Rig(chunk_pages=2, copier=SteppedCopier, layer_gates=True)
+    try:
+        node = r.add(tokens(1, 3))
+        r.offload_all()
+        with r.lock:
+            task = r.ctl.demand(node)
+        gate = task.plan.ticket.gate
+        assert gate is not None and gate.issued
+        seen: list[int] = []
+
+        def reader() -> None:  # what the model does: wait for a layer, then read it
+            for layer in range(LAYERS):
+                gate.wait(layer)
+                for i, p in enumerate(node.device_pages):
+                    assert torch.equal(r.dev.buffer[layer, :, p], pattern(node.key[i * PS:(i + 1) * PS])[layer])
+                seen.append(layer)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        r.copier.permits.release(2)            # layer 0 (two units of <= 2 pages)
+        for _ in range(2):
+            assert r.copier.copied.acquire(timeout=5)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [0] and node.is_loading, "layer 0 is readable while layer 1 is still on the host"
+        r.copier.permits.release(100)
+        t.join(5)
+        assert seen == [0, 1]
+        assert r.ctl.wait_idle() and not node.is_loading
+        r.check(final=True)
+    finally:
+        r.copier.permits.release(100)
+        r.close()
+
+
+def test_the_issued_hook_runs_for_every_gated_load(rig):
+    gated = Rig(layer_gates=True)
+    try:
+        calls: list[int] = []
+        gated.ctl.on_issued = lambda: calls.append(1)
+        a, b = gated.add(tokens(1, 2)), gated.add(tokens(2, 3))
+        gated.offload_all()
+        with gated.lock:
+            gated.ctl.update("wf", [gated.target(a), gated.target(b, steps=1)])
+        assert gated.ctl.wait_idle()
+        assert len(calls) == 2 and gated.ctl.stats.completed == 2
+        gated.check(final=True)
+    finally:
+        gated.close()
+    node = rig.add(tokens(3, 2))
+    rig.offload_all()
+    with rig.lock:
+        task = rig.ctl.demand(node)
+    assert task.plan.ticket.gate is None, "no gates unless layer_gates is on"
+    assert rig.ctl.wait_idle()
 
 
 # ---------------------------------------------------------------- budget and pressure
@@ -298,12 +359,12 @@ def test_hits_and_waste_are_counted(rig):
 
 
 class BrokenCopier(CpuCopier):
-    """Fails on its second chunk, as a device error would (the failure path, not a stand-in)."""
+    """Fails on its second unit, as a device error would (the failure path, not a stand-in)."""
 
-    def _chunk(self, state, host_pages, device_pages, offset) -> None:
-        if offset:
+    def _issue(self, state, unit, host_pages, device_pages) -> None:
+        if unit.start or unit.first_layer:
             raise RuntimeError("copy engine fault")
-        super()._chunk(state, host_pages, device_pages, offset)
+        super()._issue(state, unit, host_pages, device_pages)
 
 
 def test_a_failed_copy_is_reported_and_never_served():
@@ -362,9 +423,9 @@ class PrefetchMachine(RuleBasedStateMachine):
     """Random inserts, offloads, prefetch plans, demands, requests and pressure changes while the
     worker thread copies concurrently: no page leaks, no wrong KV ever visible to a request."""
 
-    @initialize(dev=st.integers(6, 24), host=st.integers(24, 48), chunk=st.integers(1, 3))
-    def setup(self, dev, host, chunk):
-        self.rig = Rig(dev_pages=dev, host_pages=host, chunk_pages=chunk)
+    @initialize(dev=st.integers(6, 24), host=st.integers(24, 48), chunk=st.integers(1, 3), gates=st.booleans())
+    def setup(self, dev, host, chunk, gates):
+        self.rig = Rig(dev_pages=dev, host_pages=host, chunk_pages=chunk, layer_gates=gates)
         self.prompts: list[list[int]] = []
 
     def teardown(self):
@@ -406,13 +467,31 @@ class PrefetchMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.prompts)
     @rule(idx=st.integers(0, 99))
     def request(self, idx):
-        """Admit-like: wait if loading, demand host parts, else read the KV a request would use."""
+        """Admit-like: wait if loading (with gates: read layer by layer as they land), demand host
+        parts, else read the KV a request would use."""
         toks = self.prompts[idx % len(self.prompts)]
         rig = self.rig
         with rig.lock:
             m = rig.cache.match(toks)
-            if any(n.is_loading for n in m.nodes):
-                return
+            loading = [n for n in m.nodes if n.is_loading]
+            if loading and not all(n.loading.gate is not None for n in loading):
+                return  # request waiting: come back later
+            gates = {id(n.loading.gate): n.loading.gate for n in loading}
+            if loading:  # layer waiting: read each layer once its gate says it landed
+                rig.cache.lock(m.last_node)
+        if loading:
+            try:
+                for layer in range(LAYERS):
+                    for gate in gates.values():
+                        gate.wait(layer)
+                    for i, p in enumerate(m.device_pages):
+                        want = pattern(toks[i * PS:(i + 1) * PS])[layer]
+                        assert torch.equal(rig.dev.buffer[layer, :, p], want), f"layer {layer} of page {p}"
+            finally:
+                with rig.lock:
+                    rig.cache.unlock(m.last_node)
+            return
+        with rig.lock:
             if m.host_len:
                 rig.ctl.demand(m.last_node)
                 return

@@ -13,7 +13,9 @@ import asyncio
 import itertools
 import logging
 import threading
+import time
 
+import pytest
 import torch
 from context_forge.cache import PagePool, RadixCache, get_policy
 from context_forge.config import ServerConfig
@@ -27,7 +29,14 @@ from context_forge.engine.request import GenerateRequest, SamplingParams
 from context_forge.engine.scheduler import Batch, Scheduler
 from context_forge.engine.workflows import SharedWorkflows
 from context_forge.model.tokenizer import ByteTokenizer
-from context_forge.prefetch import CpuCopier, ObservedPagePool, PlannerConfig, TaskState, WorkflowPrefetcher
+from context_forge.prefetch import (
+    ControllerConfig,
+    CpuCopier,
+    ObservedPagePool,
+    PlannerConfig,
+    TaskState,
+    WorkflowPrefetcher,
+)
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
 from context_forge.workflow.scope import scope_key
 
@@ -43,9 +52,9 @@ class GatedCopier(CpuCopier):
         super().__init__(*args)
         self.gate = threading.Event()
 
-    def _chunk(self, state, host_pages, device_pages, offset) -> None:
+    def _issue(self, state, unit, host_pages, device_pages) -> None:
         assert self.gate.wait(10), "gate never opened"
-        super()._chunk(state, host_pages, device_pages, offset)
+        super()._issue(state, unit, host_pages, device_pages)
 
 
 def state(prompt: list[int], max_tokens: int = 2, workflow_id=None, agent_id=None) -> ReqState:
@@ -58,7 +67,7 @@ def state(prompt: list[int], max_tokens: int = 2, workflow_id=None, agent_id=Non
 class Stack:
     """Scheduler, KV manager and prefetcher over real buffers, cache and workflows."""
 
-    def __init__(self, copier_cls=GatedCopier) -> None:
+    def __init__(self, copier_cls=GatedCopier, layer_wait: bool = False) -> None:
         self.lock = threading.RLock()
         dev = DeviceKVBuffer(2, 32, PS, 1, 4, torch.float32)
         host = HostKVBuffer(2, 64, PS, 1, 4, torch.float32, pin_memory=False)
@@ -67,11 +76,13 @@ class Stack:
                                 BufferTransfer(dev, host), "write_back")
         self.workflows = SharedWorkflows(self.lock)
         self.copier = copier_cls(dev, host, 2)
-        self.pf = WorkflowPrefetcher(self.cache, self.workflows, self.copier, self.lock, PlannerConfig(1))
+        self.pf = WorkflowPrefetcher(self.cache, self.workflows, self.copier, self.lock, PlannerConfig(1),
+                                     ControllerConfig(layer_gates=layer_wait))
         self.workflows.add_listener(self.pf.mark)
         self.kv = KVManager(PS, self.pool, self.cache, loader=self.pf,
                             on_insert=lambda st, node: self.pf.note_insert(st.req.workflow_id,
-                                                                           st.req.agent_id, node))
+                                                                           st.req.agent_id, node),
+                            layer_wait=layer_wait)
         self.sched = Scheduler(self.kv, 64, 8)
         self.pf.start()
 
@@ -141,6 +152,39 @@ def test_a_request_waits_for_its_on_demand_load_while_others_run():
         assert s.pf.stats.demand_loads == 1 and s.kv.num_waiting_for_loads == 0
     finally:
         s.close()
+
+
+def test_with_layer_waiting_a_request_is_admitted_while_its_load_lands():
+    s = Stack(layer_wait=True)
+    try:
+        s.copier.gate.set()
+        s.run(state(prompt(1, 21)))
+        s.copier.gate.clear()
+        with s.lock:
+            s.cache.evict_device(s.pool.num_used)
+        again = state(prompt(1, 21))
+        with s.lock:
+            s.sched.add(again)
+        _, batch = s.step()
+        ((st, hit),) = batch.admitted
+        assert st is again and s.kv.gated_admissions == 1
+        assert (hit.device_hit, hit.host_hit) == (0, 20), "the loading prefix is reused, not recomputed"
+        assert len(again.kv_gates) == 1 and again.kv_gates[0].issued
+        with s.lock:
+            assert all(n.is_loading for n in s.cache.match(prompt(1, 21), touch=False).nodes)
+        s.copier.gate.set()
+        assert s.pf.wait_idle()
+        s.run()
+        with s.lock:
+            assert all(n.lock_ref == 0 for n in s.cache.nodes())
+            s.kv.check()
+    finally:
+        s.close()
+
+
+def test_layer_waiting_needs_a_loader():
+    with pytest.raises(ValueError, match="layer_wait needs a loader"):
+        KVManager(PS, PagePool(4), None, layer_wait=True)
 
 
 def test_aborting_a_waiting_request_releases_its_hold():
@@ -267,15 +311,92 @@ def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives(
         ref.shutdown()
 
 
-def test_layer_wait_mode_falls_back_to_request_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="context_forge.engine.builder"):
-        engine = make_engine(prefetch_wait_mode="layer")
+class HeldCopier(CpuCopier):
+    """The real CPU copier, holding its units of layers >= ``hold_from`` until the test calls
+    ``release`` (keeps a load half-landed while the engine runs)."""
+
+    def __init__(self, *args, hold_from: int = 1) -> None:
+        super().__init__(*args)
+        self.hold_from = hold_from
+        self.held = threading.Event()
+        self.released = threading.Event()
+
+    def _issue(self, state, unit, host_pages, device_pages) -> None:
+        if unit.first_layer >= self.hold_from:
+            self.held.set()
+            assert self.released.wait(20), "never released"
+        super()._issue(state, unit, host_pages, device_pages)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_layer_wait_starts_a_request_before_its_prefix_has_landed():
+    engine = make_engine(prefetch_wait_mode="layer")
+    ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
     try:
-        assert any("prefetch_wait_mode 'layer'" in r.getMessage() for r in caplog.records)
-        assert engine.prefetch is not None
-        assert len(ids(generate(engine, prompt(20, 9)))) == 4
+        pf, parts = engine.prefetch, engine.parts
+        assert pf is not None and parts.kv.layer_wait
+        old = pf.controller.copier
+        copier = HeldCopier(old.device_kv, old.host_kv, old.chunk_pages)
+        pf.controller.copier = copier
+        prefix = prompt(30, 40)
+        copier.release()
+        generate(engine, prefix)
+        copier.released.clear()
+        with parts.lock:
+            parts.cache.evict_device(parts.device_pool.num_used)
+        follow = prefix + prompt(31, 9)
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(generate(engine, follow)))
+        worker.start()
+        try:
+            assert copier.held.wait(10), "the on-demand load never started"
+            deadline = time.monotonic() + 10
+            while parts.kv.gated_admissions == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with parts.lock:
+                loading = [n for n in parts.cache.match(follow, touch=False).nodes if n.is_loading]
+            assert parts.kv.gated_admissions == 1, "admitted while its prefix was still landing"
+            assert loading, "layer 1 of the load is still held"
+            assert not result, "the forward pass must wait for layer 1"
+        finally:
+            copier.release()
+            worker.join(20)
+        (outs,) = result
+        assert outs[-1].cached_tokens == 40
+        assert engine.stats.counters.host_hit_tokens == 40
+        assert ids(outs) == ids(generate(ref, follow))
+        assert pf.wait_idle()
+        engine.check_invariants()
     finally:
         engine.shutdown()
+        ref.shutdown()
+
+
+def test_layer_wait_with_a_prefetch_in_flight_gives_the_same_tokens():
+    engine = make_engine(prefetch_wait_mode="layer")
+    ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
+    try:
+        graph = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",))], repeat=True)
+        engine.workflows.register("wf", graph)
+        plan, code = prompt(40, 40), prompt(41, 40)
+        generate(engine, plan, workflow_id="wf", agent_id="planner")
+        generate(engine, code, workflow_id="wf", agent_id="coder")
+        pf, parts = engine.prefetch, engine.parts
+        assert pf is not None and pf.wait_idle()
+        with parts.lock:
+            parts.cache.evict_device(parts.device_pool.num_used)
+        generate(engine, plan + prompt(42, 8), workflow_id="wf", agent_id="planner")
+        follow = code + prompt(43, 8)
+        outs = generate(engine, follow, workflow_id="wf", agent_id="coder")
+        assert outs[-1].cached_tokens == 40
+        assert ids(outs) == ids(generate(ref, follow))
+        assert pf.wait_idle() and pf.stats.completed >= 1
+        engine.check_invariants()
+    finally:
+        engine.shutdown()
+        ref.shutdown()
 
 
 def test_prefetch_is_off_without_the_host_tier_or_when_disabled():

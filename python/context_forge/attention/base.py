@@ -76,6 +76,8 @@ class AttentionMetadata:
     page_tables: list[list[int]]
     out_slots: torch.Tensor
     positions: torch.Tensor | None = None
+    layer_wait: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
+    """Called by the model before layer ``i`` (KV of that layer still landing from the host)."""
     _plan: AttentionPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

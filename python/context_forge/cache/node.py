@@ -13,15 +13,18 @@ class LoadTicket:
 
     A node split while loading shares the ticket with its new upper half, so marking the ticket
     done releases both. ``ready_at`` is an estimated completion time (the simulator's clock);
-    ``event`` is whatever a real loader waits on (e.g. a device event).
+    ``event`` is whatever a real loader waits on (e.g. a device event); ``gate``, when the loader
+    lets requests start before the load lands, its per-layer readiness
+    (``prefetch.gate.LayerGate``).
     """
 
-    __slots__ = ("done", "ready_at", "event")
+    __slots__ = ("done", "ready_at", "event", "gate")
 
     def __init__(self, ready_at: float = 0.0, event: object | None = None) -> None:
         self.done = False
         self.ready_at = ready_at
         self.event = event
+        self.gate: object | None = None
 
 
 class RadixNode:

@@ -92,7 +92,8 @@ def build(config: ServerConfig) -> EngineParts:
         assert cache is not None and host_kv is not None and transfer is not None
         prefetch = _prefetcher(cfg, cache, workflows, device_kv, host_kv, transfer, lock)
     kv = KVManager(ps, device_pool, cache, loader=prefetch,
-                   on_insert=_insert_hook(prefetch) if prefetch is not None else None)
+                   on_insert=_insert_hook(prefetch) if prefetch is not None else None,
+                   layer_wait=prefetch is not None and cfg.prefetch_wait_mode == "layer")
     max_running = cfg.max_running_requests or max(n_dev, 1)
     scheduler = Scheduler(kv, cfg.chunked_prefill_size, max_running, cfg.max_prefill_tokens)
     pressure = PressureController(cfg.pressure_thresholds, cfg.pressure_hysteresis, _monitor(cfg, device),
@@ -104,13 +105,14 @@ def build(config: ServerConfig) -> EngineParts:
 
 def _prefetcher(cfg: ServerConfig, cache: RadixCache, workflows: SharedWorkflows, device_kv: DeviceKVBuffer,
                 host_kv: HostKVBuffer, transfer: BufferTransfer, lock: threading.RLock) -> WorkflowPrefetcher:
-    if cfg.prefetch_wait_mode == "layer":
-        log.warning("prefetch_wait_mode 'layer' is not implemented (the host layout moves all layers of "
-                    "a page together); requests wait for their whole prefix, as with 'request'")
-    copier = make_copier(device_kv, host_kv, fence=transfer.fence)
+    io_backend = cfg.hicache_io_backend
+    if io_backend == "auto":
+        io_backend = "kernel" if cfg.prefetch_wait_mode == "layer" else "direct"
+    copier = make_copier(device_kv, host_kv, fence=transfer.fence, io_backend=io_backend)
     planner = PlannerConfig(load_ahead_step=cfg.load_ahead_step,
                             use_predictor=cfg.radix_eviction_policy == "pbkv")
-    return WorkflowPrefetcher(cache, workflows, copier, lock, planner, ControllerConfig())
+    controller = ControllerConfig(layer_gates=cfg.prefetch_wait_mode == "layer")
+    return WorkflowPrefetcher(cache, workflows, copier, lock, planner, controller)
 
 
 def _insert_hook(prefetch: WorkflowPrefetcher) -> Callable[[ReqState, RadixNode], None]:

@@ -79,6 +79,7 @@ class Engine:
         if self.prefetch is not None:
             self._idle_timeout = _PREFETCH_POLL_S
             self.prefetch.controller.on_complete = lambda task: self._wake()
+            self.prefetch.controller.on_issued = self._wake
             p.workflows.add_listener(self._on_workflow_change)
             self.prefetch.start()
 

@@ -12,6 +12,11 @@ gets an on-demand load queued, and one whose prefix is still landing (a prefetch
 on-demand load) is answered ``WAITING``; the scheduler leaves it queued and admits others. While
 it waits, the request locks the deepest node it matched, so the loaded KV cannot be evicted
 before it is admitted.
+
+Layer waiting (``layer_wait``): a request whose prefix is still landing is admitted as soon as
+every load on its path has issued all its layers (``LayerGate.issued``); the gates go to
+``st.kv_gates`` and its first forward pass waits per layer. Until then it is ``WAITING`` and its
+loads are expedited (no longer paced).
 """
 
 from __future__ import annotations
@@ -81,9 +86,14 @@ class KVManager:
     def __init__(self, page_size: int, device_pool: PagePool, cache: RadixCache | None,
                  loader: Loader | None = None,
                  on_insert: Callable[[ReqState, RadixNode], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, layer_wait: bool = False) -> None:
         if loader is not None and cache is None:
             raise ValueError("KVManager: a loader needs the radix cache")
+        if layer_wait and loader is None:
+            raise ValueError("KVManager: layer_wait needs a loader")
+        self.layer_wait = layer_wait
+        self.gated_admissions = 0
+        """Requests admitted while their prefix was still landing (layer waiting)."""
         self.page_size = page_size
         self.pool = device_pool
         self.cache = cache
@@ -115,6 +125,8 @@ class KVManager:
             if self.loader is not None:
                 if self._must_wait(st, m):
                     return WAITING
+                if m.host_len:  # admitted with the just-queued load of its host part still landing
+                    m = cache.match(key, agent_id=agent, touch=False)
             elif m.host_len:
                 host_hit = cache.load_back(m.last_node)
                 if host_hit:
@@ -131,6 +143,7 @@ class KVManager:
             if st.node is not None:
                 self.cache.unlock(st.node)  # type: ignore[union-attr]
                 st.node = None
+            st.kv_gates = []
             return None
         if reserve:
             self.pool.free(pages[need:])
@@ -140,14 +153,17 @@ class KVManager:
         st.computed = len(shared) * ps
         self.in_use += need
         result = AdmitResult(device_hit, host_hit)
+        if st.kv_gates:
+            self.gated_admissions += 1
         if self.loader is not None:
             self._end_wait(st, result, shared)
         return result
 
     def _must_wait(self, st: ReqState, m: MatchResult) -> bool:
         """With a loader: queue an on-demand load for a host-only part of the match, and say
-        whether the request must wait (something on its path is loading)."""
-        loading = any(n.is_loading for n in m.nodes)
+        whether the request must wait (something on its path is loading; with layer waiting, only
+        until every load on its path has issued all its layers)."""
+        loading = [n for n in m.nodes if n.is_loading]
         task = self.loader.demand(m.last_node) if m.host_len else None  # type: ignore[union-attr]
         if not loading and task is None:
             return False
@@ -159,9 +175,28 @@ class KVManager:
                 wait.node = m.last_node
             else:
                 wait = self._waits[st] = _Wait(m.last_node, self.clock())
-        if task is not None:
-            wait.loaded_tokens += getattr(getattr(task, "plan", None), "tokens", 0)
-        return True
+        plan = getattr(task, "plan", None)
+        if plan is not None:
+            wait.loaded_tokens += plan.tokens
+            loading.extend(plan.nodes)
+        return not (self.layer_wait and self._start_gated(st, loading))
+
+    def _start_gated(self, st: ReqState, loading: list[RadixNode]) -> bool:
+        """Layer waiting: take the gates of the loads on the path if all can be waited on per
+        layer; otherwise expedite them and say no."""
+        gates: list = []
+        for n in loading:
+            gate = n.loading.gate  # type: ignore[union-attr]
+            if gate is None:
+                return False
+            if gate not in gates:
+                gates.append(gate)
+        if all(g.issued for g in gates):
+            st.kv_gates = gates
+            return True
+        for g in gates:
+            g.expedite = True
+        return False
 
     def _end_wait(self, st: ReqState, result: AdmitResult, shared: list[int]) -> None:
         wait = self._waits.pop(st, None)

@@ -50,6 +50,9 @@ class ReqState:
     finish_reason: FinishReason = None
     unsent_ids: list[int] = field(default_factory=list)
     unsent_text: str = ""
+    kv_gates: list = field(default_factory=list)
+    """Per-layer gates of loads still landing in this request's shared pages
+    (``prefetch_wait_mode: layer``); its next forward pass waits on them, layer by layer."""
 
     def __post_init__(self) -> None:
         if not self.all_ids:

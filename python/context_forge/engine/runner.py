@@ -2,16 +2,17 @@
 
 Pure decode batches replay a captured CUDA/HIP graph (``cuda_graph.DecodeGraphs``) when the device
 is a GPU and the attention backend is capture-safe; everything else (prefill, mixed batches, batches
-larger than the biggest graph) runs eagerly.
+larger than the biggest graph, and steps that must wait per layer for KV still landing) runs eagerly.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from context_forge.attention.base import AttentionMetadata
+from context_forge.prefetch.gate import wait_all
 
 from .cuda_graph import DecodeGraphs, batch_buckets
 from .kv_buffer import DeviceKVBuffer
@@ -78,6 +79,7 @@ class ModelRunner:
         q_lens: list[int] = []
         kv_lens: list[int] = []
         tables: list[list[int]] = []
+        gates: list = []
         for s in seqs:
             st, n = s.state, s.num_tokens
             start = st.computed
@@ -85,20 +87,26 @@ class ModelRunner:
             q_lens.append(n)
             kv_lens.append(start + n)
             tables.append(st.page_table[:-(-(start + n) // ps)])
-        return self.forward_tokens(ids, q_lens, kv_lens, tables)
+            if st.kv_gates:
+                gates.extend(g for g in st.kv_gates if g not in gates)
+                st.kv_gates = []
+        return self.forward_tokens(ids, q_lens, kv_lens, tables, layer_wait=wait_all(gates) if gates else None)
 
     @torch.inference_mode()
     def forward_tokens(self, token_ids: Sequence[int], seq_lens_q: Sequence[int],
                        seq_lens_kv: Sequence[int], page_tables: Sequence[Sequence[int]],
-                       use_graph: bool = True) -> torch.Tensor:
+                       use_graph: bool = True,
+                       layer_wait: Callable[[int], None] | None = None) -> torch.Tensor:
         """One step over a flat batch in ``AttentionMetadata`` terms; ``use_graph=False`` forces
-        the eager path (benchmarks compare the two)."""
+        the eager path (benchmarks compare the two). ``layer_wait(i)`` runs before layer ``i``
+        (KV still landing, ``prefetch_wait_mode: layer``); such a step runs eagerly."""
         graphs = self.graphs
-        if (use_graph and graphs is not None and seq_lens_q and all(n == 1 for n in seq_lens_q)
+        if (use_graph and layer_wait is None and graphs is not None and seq_lens_q and all(n == 1 for n in seq_lens_q)
                 and graphs.fits(len(seq_lens_q), max(seq_lens_kv))):
             return graphs.run(token_ids, seq_lens_kv, page_tables)
         meta = AttentionMetadata.build(seq_lens_q, seq_lens_kv, page_tables, self.page_size,
                                        self.device)
+        meta.layer_wait = layer_wait
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         assert meta.positions is not None
         return self.model.forward(input_ids, meta.positions, meta, self.kv)

@@ -153,7 +153,10 @@ class LlamaFamilyForCausalLM(nn.Module):
         self._check_inputs(input_ids, positions, kv)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
-        for layer in self.model.layers:
+        wait = meta.layer_wait
+        for i, layer in enumerate(self.model.layers):
+            if wait is not None:
+                wait(i)
             x = layer(x, cos, sin, meta, kv)
         if not all_logits:
             x = x.index_select(0, meta.plan(kv.page_size, kv.buffer.device).last_token_index)

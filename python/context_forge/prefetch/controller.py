@@ -12,11 +12,16 @@ the policy ranks below the target (less urgent agents), never more valuable ones
 ``reserve_pages`` free (the pressure controller's free-page target) so prefetching never undoes
 proactive eviction. A queued prefetch holds nothing, so cancelling it is free; a prefetch that
 has started copying runs to completion (one 4k-token Llama-3-8B prefix is about 12 ms of copying),
-but yields to on-demand loads between chunks.
+but yields to on-demand loads at the copier's interrupt points (between layers, or between page
+chunks with the ``direct`` copier).
 
 An on-demand load (a request that found its prefix on the host) is reserved at once by
 :meth:`PrefetchController.demand`, jumps the queue, and interrupts a running prefetch at its next
-chunk boundary: the worker runs every queued demand, then resumes the prefetch.
+interrupt point: the worker runs every queued demand, then resumes the prefetch.
+
+With ``layer_gates`` every load carries a :class:`~context_forge.prefetch.gate.LayerGate` on its
+ticket, so the engine can admit a request whose prefix is still landing and let the model wait
+per layer; ``on_issued`` tells the engine when a gated load has issued its last layer.
 
 A copy that fails (a device error) leaves its nodes marked loading forever (never served) and
 records the error in ``error``; the engine checks it and fails loudly.
@@ -47,9 +52,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """``history``: how many finished tasks to keep in ``history`` (for tests and debugging)."""
+    """``history``: how many finished tasks to keep in ``history`` (for tests and debugging).
+    ``layer_gates``: give every load a per-layer gate (``ticket.gate``) so that requests may
+    start before it lands (``prefetch_wait_mode: layer``)."""
 
     history: int = 256
+    layer_gates: bool = False
 
     def __post_init__(self) -> None:
         if self.history < 0:
@@ -74,6 +82,8 @@ class PrefetchController:
         self.stats = stats or PrefetchStats()
         self.ledger = PrefetchLedger(self.stats)
         self.on_complete = on_complete
+        self.on_issued: Callable[[], None] | None = None
+        """Called on the worker thread when a gated load has issued every layer (the engine wakes)."""
         self.max_steps: float = math.inf
         self.reserve_pages = 0
         self.error: BaseException | None = None
@@ -167,7 +177,7 @@ class PrefetchController:
         if plan is None:
             return None
         task = LoadTask(TaskKind.DEMAND, node, plan=plan)
-        plan.ticket.event = task.finished
+        self._arm(task, plan)
         with self._cv:
             self.stats.demand_loads += 1
             self.stats.demand_pages += len(plan.device_pages)
@@ -241,7 +251,7 @@ class PrefetchController:
         assert task.plan is not None
         plan = task.plan
         interrupt = self._run_demands if task.kind is TaskKind.PREFETCH else None
-        self.copier.load(plan.host_pages, plan.device_pages, interrupt)
+        self.copier.load(plan.host_pages, plan.device_pages, interrupt, plan.ticket.gate)  # type: ignore[arg-type]
         with self.lock:
             self.cache.finish_loading(plan.ticket, plan.nodes)
             if task.kind is TaskKind.PREFETCH:
@@ -284,11 +294,23 @@ class PrefetchController:
         if plan is None:
             self._skip(task, "no room")
             return None
-        plan.ticket.event = task.finished
+        self._arm(task, plan)
         task.plan = plan
         self.stats.issued += 1
         self.stats.pages += len(plan.device_pages)
         return plan
+
+    def _arm(self, task: LoadTask, plan: LoadPlan) -> None:
+        plan.ticket.event = task.finished
+        if self.config.layer_gates:
+            gate = self.copier.new_gate()
+            gate.on_issued = self._issued
+            plan.ticket.gate = gate
+
+    def _issued(self) -> None:
+        hook = self.on_issued
+        if hook is not None:
+            hook()
 
     def _skip(self, task: LoadTask, reason: str) -> None:
         self.stats.skipped += 1
