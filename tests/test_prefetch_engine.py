@@ -115,6 +115,18 @@ class Stack:
                 self.pf.wait_idle()
         raise AssertionError("scheduler did not finish")
 
+    def offloaded(self, tokens: list[int]) -> ReqState:
+        """Run a request of ``tokens``, send its KV to the host, close the copier's gate (loads
+        stay in flight) and queue the same prompt again; returns the queued request."""
+        self.copier.gate.set()
+        self.run(state(tokens))
+        self.copier.gate.clear()
+        again = state(tokens)
+        with self.lock:
+            self.cache.evict_device(self.pool.num_used)
+            self.sched.add(again)
+        return again
+
     def close(self) -> None:
         if isinstance(self.copier, GatedCopier):
             self.copier.gate.set()
@@ -157,14 +169,7 @@ def test_a_request_waits_for_its_on_demand_load_while_others_run():
 def test_with_layer_waiting_a_request_is_admitted_while_its_load_lands():
     s = Stack(layer_wait=True)
     try:
-        s.copier.gate.set()
-        s.run(state(prompt(1, 21)))
-        s.copier.gate.clear()
-        with s.lock:
-            s.cache.evict_device(s.pool.num_used)
-        again = state(prompt(1, 21))
-        with s.lock:
-            s.sched.add(again)
+        again = s.offloaded(prompt(1, 21))
         _, batch = s.step()
         ((st, hit),) = batch.admitted
         assert st is again and s.kv.gated_admissions == 1
@@ -190,14 +195,7 @@ def test_layer_waiting_needs_a_loader():
 def test_aborting_a_waiting_request_releases_its_hold():
     s = Stack()
     try:
-        s.copier.gate.set()
-        s.run(state(prompt(3, 17)))
-        s.copier.gate.clear()
-        with s.lock:
-            s.cache.evict_device(s.pool.num_used)
-        waiting = state(prompt(3, 17))
-        with s.lock:
-            s.sched.add(waiting)
+        waiting = s.offloaded(prompt(3, 17))
         s.step()
         with s.lock:
             assert s.sched.remove(waiting.rid) is waiting
