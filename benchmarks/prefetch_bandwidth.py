@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 from context_forge.cache import PagePool, RadixCache, get_policy
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer, page_runs
 from context_forge.engine.kv_transfer import BufferTransfer
 from context_forge.model.config import ModelConfig
 from context_forge.prefetch import ControllerConfig, PrefetchController, PrefetchTarget, TaskState, make_copier
@@ -127,7 +127,7 @@ class Bench:
         self.offload()
         self.transfer.synchronize()
         self.write_back_s = now(device) - t0
-        self.host_runs = _runs(self.node.host_pages)
+        self.host_runs = len(page_runs(self.node.host_pages or []))
 
     def offload(self) -> None:
         """Free the prefix's device pages (the first eviction writes it back to host)."""
@@ -168,11 +168,6 @@ class Bench:
 
     def close(self) -> None:
         self.ctl.stop()
-
-
-def _runs(pages: list[int] | None) -> int:
-    pages = pages or []
-    return sum(1 for i in range(len(pages)) if i == 0 or pages[i] != pages[i - 1] + 1)
 
 
 # ---------------------------------------------------------------- measurements

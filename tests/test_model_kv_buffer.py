@@ -102,9 +102,9 @@ def test_copy_errors_name_the_problem() -> None:
 @given(st.lists(st.integers(0, 30), max_size=20, unique=True))
 def test_runs_cover_pages_in_order(pages: list[int]) -> None:
     """The GPU path copies one host block per run; the runs must rebuild the page list exactly."""
-    from context_forge.engine.kv_buffer import _runs
+    from context_forge.engine.kv_buffer import page_runs
 
-    runs = _runs(pages)
+    runs = page_runs(pages)
     rebuilt = [first + i for _, first, count in runs for i in range(count)]
     assert rebuilt == pages
     assert [offset for offset, _, _ in runs] == [sum(c for _, _, c in runs[:k]) for k in range(len(runs))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +34,6 @@ from .req_state import ReqState
 from .runner import ModelRunner
 from .scheduler import Scheduler
 from .workflows import SharedWorkflows
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

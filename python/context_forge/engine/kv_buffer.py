@@ -102,7 +102,7 @@ def copy_device_to_host(dev: DeviceKVBuffer, host: HostKVBuffer, dev_pages: Page
         host.buffer.index_copy_(0, host_idx, gathered)
         return
     staged = gathered.contiguous()
-    for offset, first, count in _runs(host_list):
+    for offset, first, count in page_runs(host_list):
         host.buffer[first: first + count].copy_(staged[offset: offset + count],
                                                 non_blocking=non_blocking)
 
@@ -122,13 +122,13 @@ def copy_host_to_device(host: HostKVBuffer, dev: DeviceKVBuffer, host_pages: Pag
     else:
         staged = torch.empty((len(host_list), *host.buffer.shape[1:]), dtype=dev.dtype,
                              device=dev.device)
-        for offset, first, count in _runs(host_list):
+        for offset, first, count in page_runs(host_list):
             staged[offset: offset + count].copy_(host.buffer[first: first + count],
                                                  non_blocking=non_blocking)
     dev.buffer.index_copy_(2, dev_idx, staged.permute(1, 2, 0, 3, 4, 5))
 
 
-def _runs(pages: list[int]) -> list[tuple[int, int, int]]:
+def page_runs(pages: Sequence[int]) -> list[tuple[int, int, int]]:
     """Maximal runs of consecutive page ids as ``(offset in pages, first page, count)``: each run is
     one contiguous block of the page-major host buffer, moved by one copy."""
     runs: list[tuple[int, int, int]] = []

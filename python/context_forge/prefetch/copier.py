@@ -57,18 +57,6 @@ class Unit:
     num_layers: int
 
 
-def page_runs(pages: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Maximal runs of consecutive ids as ``(offset in pages, first id, count)``."""
-    runs: list[tuple[int, int, int]] = []
-    start = 0
-    n = len(pages)
-    for i in range(1, n + 1):
-        if i == n or pages[i] != pages[i - 1] + 1:
-            runs.append((start, pages[start], i - start))
-            start = i
-    return runs
-
-
 def check_plan(host: HostKVBuffer, dev: DeviceKVBuffer, host_pages: Sequence[int],
                device_pages: Sequence[int]) -> None:
     if len(host_pages) != len(device_pages):

@@ -21,9 +21,9 @@ from typing import ClassVar
 
 import torch
 
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer, page_runs
 
-from .copier import PageCopier, Unit, check_plan, page_runs
+from .copier import PageCopier, Unit, check_plan
 from .gate import EventGate, LayerGate
 
 _foreach_ok = True
@@ -52,6 +52,24 @@ def pinned_index(pages: Sequence[int], device: torch.device) -> torch.Tensor:
     """Page ids as a device tensor, uploaded on the current stream without blocking the caller."""
     host = torch.tensor(list(pages), dtype=torch.long, pin_memory=True)
     return host.to(device, non_blocking=True)
+
+
+def run_pieces(host_pages: Sequence[int], staged: Sequence[torch.Tensor] | torch.Tensor,
+               staged_block: torch.Tensor, host_views: Sequence[torch.Tensor],
+               host_block: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Matching pieces of a staging buffer (pages in load order) and of the page-major host buffer,
+    one per run of consecutive ``host_pages``: single pages as the pre-made views ``staged[i]`` /
+    ``host_views[id]``, longer runs as slices of ``staged_block`` / ``host_block``."""
+    staged_parts: list[torch.Tensor] = []
+    host_parts: list[torch.Tensor] = []
+    for off, first, count in page_runs(host_pages):
+        if count == 1:
+            staged_parts.append(staged[off])
+            host_parts.append(host_views[first])
+        else:
+            staged_parts.append(staged_block[off:off + count])
+            host_parts.append(host_block[first:first + count])
+    return staged_parts, host_parts
 
 
 def require_gpu_buffers(device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, who: str) -> None:
@@ -93,14 +111,7 @@ class StreamWriteBack:
             self.stream.wait_stream(self.compute_stream)
             idx = pinned_index(device_pages, dev.device)
             staged = dev.buffer.index_select(2, idx).permute(2, 0, 1, 3, 4, 5).contiguous()
-            dst, src = [], []
-            for off, first, count in page_runs(host_pages):
-                if count == 1:
-                    dst.append(views[first])
-                    src.append(staged[off])
-                else:
-                    dst.append(host.buffer[first:first + count])
-                    src.append(staged[off:off + count])
+            src, dst = run_pieces(host_pages, staged, staged, views, host.buffer)
             _foreach_copy(dst, src)
             event = torch.cuda.Event()
             event.record(self.stream)
@@ -192,16 +203,8 @@ class StreamCopier(GpuCopier):
         staging, views = self.staging[buf], self._staging_views[buf]
         hv = self._host_views
         assert hv is not None
-        host = self.host_kv.buffer
         n = len(host_pages)
-        dst, src = [], []
-        for off, first, count in page_runs(host_pages):
-            if count == 1:
-                dst.append(views[off])
-                src.append(hv[first])
-            else:
-                dst.append(staging[off:off + count])
-                src.append(host[first:first + count])
+        dst, src = run_pieces(host_pages, views, staging, hv, self.host_kv.buffer)
         copy, scatter = self.stream, self.scatter_stream
         previous = self._scattered[buf]
         if previous is not None:
