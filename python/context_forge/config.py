@@ -23,6 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from context_forge.cache.policy import available_policies, serving_policies
 from context_forge.memory.pressure import DEFAULT_HYSTERESIS, DEFAULT_THRESHOLDS, check_thresholds
 
 __all__ = ["ATTENTION_BACKENDS", "MODEL_PRESETS", "ConfigError", "ServerConfig"]
@@ -34,18 +35,22 @@ CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NULL = {"null", "none", "~"}
-_HINTS = {
-    ("radix_eviction_policy", "belady"): "belady needs future knowledge and is simulator-only "
-    "(use it with context-forge-sim, not for serving)",
-}
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and the bad value."""
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, choices: Any = None) -> Any:
+    """A key: default, help text and, for a string key whose values come from a registry, a
+    function returning the allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _offline_only_hint(key: str, value: str) -> str | None:
+    if key == "radix_eviction_policy" and value in available_policies() and value not in serving_policies():
+        return f"{value} needs knowledge of the future and is simulator-only (use it with context-forge-sim, not for serving)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,9 @@ class ServerConfig:
     hicache_ratio: float = _opt(2.0, "Host pool size as a multiple of the device pool; must be > 1 (as in SGLang, the host tier must be larger than the device pool).")
     hicache_size: float = _opt(0.0, "Host pool size in GB; 0 = use hicache_ratio.")
     hicache_write_policy: Literal["write_through", "write_back", "write_through_selective"] = _opt("write_through", "When device KV is copied to host: on insert, on eviction, or on insert for nodes hit more than once.")
-    radix_eviction_policy: Literal["lru", "kvflow", "pbkv"] = _opt("pbkv", "Eviction order: lru, kvflow (workflow steps-to-execution), pbkv (steps blended with a next-agent predictor).")
+    radix_eviction_policy: str = _opt("pbkv", "Eviction order: lru, kvflow (next use from declared workflow graphs and agents' learned recurrence), pbkv (kvflow plus the next-agent predictor for undeclared workflows).", serving_policies)
     load_ahead_step: int = _opt(2, "Prefetch KV of agents expected within this many steps.")
-    evict_pri_level: int = _opt(4, "Steps-to-execution beyond this are one eviction tier (evicted first); must be >= load_ahead_step.")
+    evict_pri_level: int = _opt(4, "Next uses up to this many steps away are ranked exactly; farther ones in coarse geometric bands, after which KV no user is expected to need is evicted first; must be >= load_ahead_step.")
     blend_weight: float = _opt(0.6, "pbkv: weight of the workflow graph against the predictor (1 = graph only).")
     predictor_smoothing: float = _opt(0.1, "pbkv: additive smoothing of the next-agent Markov predictor.")
     predictor_path: str | None = _opt(None, "pbkv: JSON Lines file of predictor counts to start from.")
@@ -189,7 +194,8 @@ class ServerConfig:
         ]
         types_ = _field_types()
         for f in dataclasses.fields(cls):
-            cells = [f"`{f.name}`", _describe_type(types_[f.name]), f"`{_yaml_scalar(f.default)}`", f.metadata["help"]]
+            cells = [f"`{f.name}`", _describe_type(types_[f.name], _choices(f.name)), f"`{_yaml_scalar(f.default)}`",
+                     f.metadata["help"]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -249,6 +255,7 @@ class ServerConfig:
 
 # ----- type handling -----------------------------------------------------------------------
 _TYPES: dict[str, Any] = {}
+_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
 
 
 def _field_types() -> dict[str, Any]:
@@ -264,10 +271,20 @@ def _split_optional(annotation: Any) -> tuple[bool, Any]:
     return False, annotation
 
 
-def _describe_type(annotation: Any) -> str:
-    optional, inner = _split_optional(annotation)
+def _choices(key: str) -> tuple[str, ...]:
+    """The allowed values of a key: its ``Literal`` arguments or its registry's names."""
+    f = _FIELDS[key]
+    optional, inner = _split_optional(_field_types()[key])
     if get_origin(inner) is Literal:
-        text = "one of " + ", ".join(f"`{c}`" for c in get_args(inner))
+        return get_args(inner)
+    registry = f.metadata.get("choices")
+    return tuple(registry()) if registry is not None else ()
+
+
+def _describe_type(annotation: Any, choices: tuple[str, ...] = ()) -> str:
+    optional, inner = _split_optional(annotation)
+    if choices:
+        text = "one of " + ", ".join(f"`{c}`" for c in choices)
     elif get_origin(inner) is tuple:
         text = "list of floats"
     else:
@@ -283,7 +300,7 @@ def _coerce(key: str, value: Any, annotation: Any, origin: str | None = None) ->
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key}{where}: expected {expected}, got {value!r}")
 
-    choices = get_args(inner) if get_origin(inner) is Literal else ()
+    choices = _choices(key) if key in _FIELDS else ()
     text = value.strip().lower() if isinstance(value, str) else None
     if text in choices:
         return text
@@ -292,7 +309,7 @@ def _coerce(key: str, value: Any, annotation: Any, origin: str | None = None) ->
             return None
         raise bad("a value (this key cannot be null)")
     if choices:
-        hint = _HINTS.get((key, text or ""))
+        hint = _offline_only_hint(key, text or "")
         if hint:
             raise ConfigError(f"{key}{where}: {value!r} is not allowed: {hint}")
         raise bad("one of " + ", ".join(choices))

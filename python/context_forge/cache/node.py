@@ -32,14 +32,14 @@ class RadixNode:
 
     ``key`` holds ``len(key) == num_pages * page_size`` token ids. ``device_pages`` /
     ``host_pages`` hold one page id per page of the key, or ``None`` when the node has no copy
-    in that tier (every non-root node has at least one). ``agents`` are the agents whose
-    requests passed through this node; since a request passes through every ancestor of the
-    nodes it touches, an ancestor's agent set contains its descendants' agents.
+    in that tier (every non-root node has at least one). ``agents`` are the user tags of the node:
+    who is expected to use it next (``cache.usage`` keeps them); a tag sits on a path from the
+    root, so an ancestor's tags contain its descendants' tags.
     """
 
     __slots__ = (
         "id", "key", "parent", "children", "device_pages", "host_pages", "lock_ref",
-        "agents", "last_access", "hit_count", "loading", "queued",
+        "agents", "seen", "last_access", "hit_count", "loading", "queued",
     )
 
     def __init__(self, key: list[int], parent: Optional["RadixNode"]) -> None:
@@ -51,6 +51,8 @@ class RadixNode:
         self.host_pages: list[int] | None = None
         self.lock_ref = 0
         self.agents: set[str] = set()
+        self.seen: dict[str, str] = {}
+        """Agent -> the last workflow whose request of that agent used this node (``cache.usage``)."""
         self.last_access = 0.0
         self.hit_count = 0
         self.loading: LoadTicket | None = None

@@ -5,14 +5,19 @@ change when a node is accessed (the cache re-queues accessed nodes) or when an a
 changes (the cache drains :meth:`EvictionPolicy.changed_agents` before each eviction and re-queues
 that agent's nodes), so the cache's heap stays exact without scanning the tree.
 
-Adding a policy is one class plus ``@register_policy("name")``.
+Adding a policy is one class plus ``@register_policy("name")``: the class says what it needs
+(``priority``, ``needs_oracle``), whether the prefetcher runs with it (``prefetches``,
+``plans_undeclared``), whether it can serve (``serving``) and how the SGLang backend maps it
+(``sglang``); configuration, the engine, the simulator, the SGLang launcher and the benchmarks
+read these instead of naming policies.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
 
 from context_forge.registry import Registry
 
@@ -27,10 +32,53 @@ class PrioritySource(Protocol):
     def subscribe(self) -> Any: ...
 
 
+class WorkflowSource(Protocol):
+    """What policy construction needs from ``workflow.priority.LiveWorkflows``."""
+
+    def priority(self, name: str) -> PrioritySource: ...
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy may be built from: the live workflows (for ``priority``), the level up to
+    which steps rank exactly, and, offline only, the next-use oracle."""
+
+    workflows: WorkflowSource | None = None
+    evict_pri_level: int = 4
+    oracle: Callable[[RadixNode], float] | None = None
+
+
 class EvictionPolicy(ABC):
     """Ranks radix nodes for eviction: smaller key = evicted sooner."""
 
     name: str = ""
+    priority: ClassVar[str | None] = None
+    """Name of the ``LiveWorkflows`` priority the policy ranks user tags by (``None``: none)."""
+    prefetches: ClassVar[bool] = False
+    """Whether the workflow prefetcher loads KV ahead of need with this policy."""
+    plans_undeclared: ClassVar[bool] = False
+    """Whether prefetch also plans undeclared workflows from the next-agent predictor."""
+    serving: ClassVar[bool] = True
+    """False for offline-only policies (they need knowledge of the future)."""
+    needs_oracle: ClassVar[bool] = False
+    """Whether construction needs ``PolicyContext.oracle`` (next use of a node)."""
+    sglang: ClassVar[str | None] = None
+    """How the SGLang backend runs it: ``"lru"`` (SGLang's own), a plugin priority (``"steps"``,
+    ``"blended"``), or ``None`` (not available there)."""
+
+    @classmethod
+    def create(cls, context: PolicyContext) -> EvictionPolicy:
+        """Build the policy from what it declares it needs."""
+        kwargs: dict[str, Any] = {"evict_pri_level": context.evict_pri_level}
+        if cls.priority is not None:
+            if context.workflows is None:
+                raise ValueError(f"eviction policy {cls.name!r} needs the live workflows")
+            kwargs["priority"] = context.workflows.priority(cls.priority)
+        if cls.needs_oracle:
+            if context.oracle is None:
+                raise ValueError(f"eviction policy {cls.name!r} needs a next-use oracle (simulator only)")
+            kwargs["oracle"] = context.oracle
+        return cls(**kwargs)
 
     @abstractmethod
     def key(self, node: RadixNode) -> tuple:
@@ -61,14 +109,31 @@ def available_policies() -> list[str]:
     return sorted(_POLICIES.names())
 
 
+def serving_policies() -> list[str]:
+    """Policies that can run in a server (not offline-only), in registration order."""
+    return [n for n in _POLICIES.names() if _POLICIES.lookup(n).serving]
+
+
+def policy_class(name: str) -> type[EvictionPolicy]:
+    """The class registered as ``name``; unknown names list the known ones."""
+    return _POLICIES.lookup(name, sort_names=True)
+
+
 def get_policy(name: str, **kwargs: Any) -> EvictionPolicy:
-    """Build the policy registered as ``name``; unknown names list the known ones."""
-    return _POLICIES.lookup(name, sort_names=True)(**kwargs)
+    """Build the policy registered as ``name`` from keyword arguments."""
+    return policy_class(name)(**kwargs)
+
+
+def build_policy(name: str, context: PolicyContext) -> EvictionPolicy:
+    """Build the policy registered as ``name`` from what it declares it needs."""
+    return policy_class(name).create(context)
 
 
 @register_policy("lru")
 class LRUPolicy(EvictionPolicy):
     """Least recently used first."""
+
+    sglang = "lru"
 
     def __init__(self, **_: Any) -> None:
         pass
@@ -77,21 +142,39 @@ class LRUPolicy(EvictionPolicy):
         return (node.last_access,)
 
 
-class _AgentAwarePolicy(EvictionPolicy):
-    """Ranks by the most urgent agent among the node's users, clamped, with LRU tie-break.
+def rank_level(rank: float, near: float, bands: bool = True) -> float:
+    """The eviction level of a node whose next use is ``rank`` steps away (higher = evicted sooner).
 
-    ``node_priority = min(priority(a) for a in node.agents)``; a request passes through every
-    ancestor of its nodes, so a prefix shared with an agent about to run inherits that agent's
-    urgency however far away its other sharers are. Levels beyond ``evict_pri_level`` are
-    clamped to ``evict_pri_level + 1`` so distant agents fall back to LRU order among themselves.
-    Key: ``(-level, last_access)``: farthest from running first, then least recently used.
+    Ranks up to ``near`` keep their value; farther ones fall into geometric bands (ratio sqrt 2)
+    above it, or, with ``bands`` off, all into one level ``near + 1``; ``inf`` (no user expected)
+    is its own level above every band, so such KV always goes first."""
+    if rank <= near:
+        return rank
+    if math.isinf(rank):
+        return math.inf
+    if not bands:
+        return near + 1.0
+    return near + 1.0 + math.floor(2.0 * math.log2(rank / max(near, 1.0)))
+
+
+class _AgentAwarePolicy(EvictionPolicy):
+    """Ranks by the node's nearest next use among its user tags, with LRU tie-break.
+
+    ``node_priority = min(priority(t) for t in node.agents)``: the tags (``cache.usage``) name the
+    workflows' agents whose latest prompts run through the node and, for KV shared across
+    instances, the bare agent (its next call by any instance). The level is
+    ``rank_level(node_priority, evict_pri_level)``: exact up to ``evict_pri_level`` steps, geometric
+    bands beyond, and KV no user is expected to need evicted first.
+    Key: ``(-level, last_access)``: farthest from use first, then least recently used.
     """
+
+    bands = True
 
     def __init__(self, priority: PrioritySource, evict_pri_level: int = 4, **_: Any) -> None:
         if evict_pri_level < 0:
             raise ValueError(f"evict_pri_level must be >= 0, got {evict_pri_level}")
         self.source = priority
-        self.cap = float(evict_pri_level + 1)
+        self.near = float(evict_pri_level)
         self._feed = priority.subscribe()
 
     def node_priority(self, node: RadixNode) -> float:
@@ -106,8 +189,7 @@ class _AgentAwarePolicy(EvictionPolicy):
         return best
 
     def key(self, node: RadixNode) -> tuple:
-        level = min(self.node_priority(node), self.cap)
-        return (-level, node.last_access)
+        return (-rank_level(self.node_priority(node), self.near, self.bands), node.last_access)
 
     def changed_agents(self) -> set[str]:
         return self._feed.drain()
@@ -120,18 +202,23 @@ class _AgentAwarePolicy(EvictionPolicy):
 
 @register_policy("kvflow")
 class KVFlowPolicy(_AgentAwarePolicy):
-    """Steps-to-execution from the declared workflow graphs (KVFlow), LRU tie-break.
+    """Next use from the declared workflow graphs (KVFlow's steps-to-execution) and the learned
+    recurrence of agents across workflows, LRU tie-break (``LiveWorkflows.scoped_graph_priority``)."""
 
-    Pass ``LiveWorkflows.graph_priority`` as ``priority``.
-    """
+    priority = "scoped_graph"
+    prefetches = True
+    sglang = "steps"
 
 
 @register_policy("pbkv")
 class PBKVPolicy(_AgentAwarePolicy):
-    """Blended declared-graph steps and predicted steps (PBKV), LRU tie-break.
+    """Like kvflow, with undeclared workflows scored by the next-agent predictor and their
+    agents' recurrence (PBKV), LRU tie-break (``LiveWorkflows.scoped_blended_priority``)."""
 
-    Pass ``LiveWorkflows.blended_priority`` as ``priority``.
-    """
+    priority = "scoped_blended"
+    prefetches = True
+    plans_undeclared = True
+    sglang = "blended"
 
 
 @register_policy("belady")
@@ -142,6 +229,9 @@ class BeladyPolicy(EvictionPolicy):
     node, ``inf`` if none. A node's next use changes only when it is used, and the cache
     re-queues nodes on access, so the heap stays exact. Never used for serving.
     """
+
+    serving = False
+    needs_oracle = True
 
     def __init__(self, oracle: Callable[[RadixNode], float], **_: Any) -> None:
         self.oracle = oracle

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from .node import RadixNode
+from .usage import UsageIndex
 
 
 @dataclass
@@ -75,6 +76,7 @@ class RadixTree:
         self.num_nodes = 0
         self.device_cached_pages = 0
         self.host_cached_pages = 0
+        self.usage = UsageIndex(self)
 
     # ---------------------------------------------------------------- helpers
     def _tick(self) -> float:
@@ -105,6 +107,15 @@ class RadixTree:
         node.agents.add(agent_id)
         self._agent_nodes.setdefault(agent_id, set()).add(node)
 
+    def _remove_agent(self, node: RadixNode, agent_id: str) -> None:
+        node.agents.discard(agent_id)
+        nodes = self._agent_nodes.get(agent_id)
+        if nodes is not None:
+            nodes.discard(node)
+            if not nodes:
+                del self._agent_nodes[agent_id]
+        self._on_retag(node)
+
     def _forget_node(self, node: RadixNode) -> None:
         for agent in node.agents:
             nodes = self._agent_nodes.get(agent)
@@ -127,6 +138,7 @@ class RadixTree:
         upper.last_access = node.last_access
         upper.hit_count = node.hit_count
         upper.loading = node.loading
+        upper.seen = dict(node.seen)
         for agent in node.agents:
             self._add_agent(upper, agent)
         node.key = node.key[cut:]
@@ -173,7 +185,7 @@ class RadixTree:
             for n in path:
                 n.last_access = now
                 n.hit_count += 1
-                self._add_agent(n, agent_id)
+            self.usage.on_path(path, agent_id)
             self._on_access(path)
         return MatchResult(device_len, host_len, path, node, device_pages)
 
@@ -197,11 +209,10 @@ class RadixTree:
                 new.device_pages = list(device_pages[pos:n_pages])
                 new.last_access = now
                 if agent_id is not None:
-                    new.agents.add(agent_id)
+                    new.agents = {agent_id}  # for the admission check; tagged below
                 if not self._admit(new):
                     break
-                for agent in new.agents:
-                    self._agent_nodes.setdefault(agent, set()).add(new)
+                new.agents = set()
                 node.children[self._first_page(tokens, pos)] = new
                 self.num_nodes += 1
                 self.device_cached_pages += n_pages - pos
@@ -218,9 +229,9 @@ class RadixTree:
                 self.device_cached_pages += m
             out.extend(child.device_pages)
             child.last_access = now
-            self._add_agent(child, agent_id)
             touched.append(child)
             node, pos = child, pos + m
+        self.usage.on_path(touched, agent_id, insert=True)
         self._on_insert(touched)
         return InsertResult(prefix_len, out, node)
 
@@ -252,10 +263,12 @@ class RadixTree:
             stack.extend(node.children.values())
 
     def agent_nodes(self, agent_id: str) -> set[RadixNode]:
+        """The nodes tagged ``agent_id`` (the live set: copy it before changing tags)."""
         return self._agent_nodes.get(agent_id, set())
 
-    def total_cached_tokens(self) -> int:
-        return sum(len(n.key) for n in self.nodes())
+    def forget_workflow(self, workflow_id: str) -> None:
+        """The workflow ended: its scoped tags leave every node (``cache.usage``)."""
+        self.usage.forget_workflow(workflow_id)
 
     # ---------------------------------------------------------------- hooks
     def _admit(self, node: RadixNode) -> bool:
@@ -271,4 +284,7 @@ class RadixTree:
         pass
 
     def _on_split(self, lower: RadixNode) -> None:
+        pass
+
+    def _on_retag(self, node: RadixNode) -> None:
         pass

@@ -70,6 +70,7 @@ class RadixCache(RadixTree):
         self.device_pool = device_pool
         self.host_pool = host_pool
         self.policy = policy or LRUPolicy()
+        self.usage.rules = type(self.policy).priority is not None
         self.transfer = transfer or CountingTransfer()
         self.write_policy = write_policy
         self.write_through_threshold = write_through_threshold
@@ -183,6 +184,9 @@ class RadixCache(RadixTree):
 
     def _on_split(self, lower: RadixNode) -> None:
         self._push(lower)  # its first page changed: a key that depends on it (belady) changed too
+
+    def _on_retag(self, node: RadixNode) -> None:
+        self._push(node)
 
     # ---------------------------------------------------------------- tier moves
     def _backup(self, node: RadixNode) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from context_forge.cache.node import RadixNode
-from context_forge.cache.policy import EvictionPolicy, get_policy
+from context_forge.cache.policy import EvictionPolicy, PolicyContext, build_policy, policy_class
 from context_forge.cache.pool import PagePool
 from context_forge.cache.tiered import RadixCache
 from context_forge.config import ServerConfig
@@ -71,7 +71,8 @@ def build(config: ServerConfig) -> EngineParts:
     page_bytes = mcfg.num_hidden_layers * 2 * ps * mcfg.num_key_value_heads * mcfg.head_dim * dtype.itemsize
     n_dev = device_pages(cfg, page_bytes, device)
     device_kv = DeviceKVBuffer(shape[0], n_dev, ps, shape[2], shape[3], dtype, device)
-    use_prefetch = (not cfg.disable_radix_cache and cfg.enable_hierarchical_cache and cfg.enable_prefetch)
+    use_prefetch = (not cfg.disable_radix_cache and cfg.enable_hierarchical_cache and cfg.enable_prefetch
+                    and policy_class(cfg.radix_eviction_policy).prefetches)
     device_pool = ObservedPagePool(n_dev, "device") if use_prefetch else PagePool(n_dev, "device")
     lock = threading.RLock()
     workflows = SharedWorkflows(lock, _predictor(cfg), weight=cfg.blend_weight)
@@ -85,6 +86,7 @@ def build(config: ServerConfig) -> EngineParts:
                                       async_write_back=device.type == "cuda" and host_kv.pinned)
         cache = RadixCache(ps, device_pool, host_pool, _policy(cfg, workflows), transfer,
                            write_policy=cfg.hicache_write_policy)
+        workflows.add_finish_listener(cache.forget_workflow)
     if use_prefetch:
         assert cache is not None and host_kv is not None and transfer is not None
         prefetch = _prefetcher(cfg, cache, workflows, device_kv, host_kv, transfer, lock)
@@ -107,7 +109,7 @@ def _prefetcher(cfg: ServerConfig, cache: RadixCache, workflows: SharedWorkflows
         io_backend = "kernel" if cfg.prefetch_wait_mode == "layer" else "direct"
     copier = make_copier(device_kv, host_kv, fence=transfer.fence, io_backend=io_backend)
     planner = PlannerConfig(load_ahead_step=cfg.load_ahead_step,
-                            use_predictor=cfg.radix_eviction_policy == "pbkv")
+                            use_predictor=policy_class(cfg.radix_eviction_policy).plans_undeclared)
     controller = ControllerConfig(layer_gates=cfg.prefetch_wait_mode == "layer")
     return WorkflowPrefetcher(cache, workflows, copier, lock, planner, controller)
 
@@ -146,12 +148,7 @@ def host_pages(cfg: ServerConfig, n_device: int, page_bytes: int) -> int:
 
 
 def _policy(cfg: ServerConfig, workflows: LiveWorkflows) -> EvictionPolicy:
-    name = cfg.radix_eviction_policy
-    if name == "kvflow":
-        return get_policy(name, priority=workflows.scoped_graph_priority, evict_pri_level=cfg.evict_pri_level)
-    if name == "pbkv":
-        return get_policy(name, priority=workflows.scoped_blended_priority, evict_pri_level=cfg.evict_pri_level)
-    return get_policy(name)
+    return build_policy(cfg.radix_eviction_policy, PolicyContext(workflows, cfg.evict_pri_level))
 
 
 def _predictor(cfg: ServerConfig) -> MarkovPredictor:

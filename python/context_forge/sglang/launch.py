@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
+from context_forge.cache.policy import policy_class
 from context_forge.config import ConfigError
 from context_forge.sglang.plugin import BACKEND_NAME, POLICY_NAME
 from context_forge.sglang.settings import ENV_VAR, PluginSettings
@@ -45,7 +46,16 @@ NATIVE_ONLY_KEYS = (
 )
 """Keys that only the built-in engine reads; SGLang picks its own kernels and waits per layer."""
 
-_POLICY = {"lru": ("lru", "steps"), "kvflow": (POLICY_NAME, "steps"), "pbkv": (POLICY_NAME, "blended")}
+
+
+def _sglang_policy(config: Any) -> tuple[str, str]:
+    """(SGLang's ``--radix-eviction-policy``, the plugin priority) for the configured policy, as
+    the policy class declares it (``EvictionPolicy.sglang``)."""
+    name = config.radix_eviction_policy
+    mapping = policy_class(name).sglang
+    if mapping is None:
+        raise SGLangLaunchError(f"radix_eviction_policy: {name!r} has no SGLang backend mapping")
+    return ("lru", "steps") if mapping == "lru" else (POLICY_NAME, mapping)
 
 
 class SGLangLaunchError(ConfigError):
@@ -54,7 +64,7 @@ class SGLangLaunchError(ConfigError):
 
 def plugin_settings(config: Any) -> PluginSettings:
     """The plugin-side settings of a `ServerConfig`."""
-    _, priority = _POLICY[config.radix_eviction_policy]
+    _, priority = _sglang_policy(config)
     return PluginSettings(
         load_ahead_step=config.load_ahead_step,
         evict_pri_level=config.evict_pri_level,
@@ -110,7 +120,7 @@ def build_sglang_args(config: Any, extra_args: Sequence[str] = ()) -> list[str]:
         args.append("--disable-radix-cache")
         return args + list(extra_args)
 
-    policy, _ = _POLICY[config.radix_eviction_policy]
+    policy, _ = _sglang_policy(config)
     args += ["--radix-cache-backend", BACKEND_NAME, "--radix-eviction-policy", policy]
     if config.enable_hierarchical_cache:
         args += ["--enable-hierarchical-cache", "--hicache-write-policy", config.hicache_write_policy]

@@ -28,7 +28,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from context_forge.cache import CountingTransfer, LoadTicket, PagePool, RadixCache, RadixNode, get_policy
+from context_forge.cache import (
+    CountingTransfer, LoadTicket, PagePool, PolicyContext, RadixCache, RadixNode, build_policy, policy_class,
+)
 from context_forge.trace.records import Trace
 from context_forge.prefetch.planner import PlannerConfig, PrefetchPlanner
 from context_forge.workflow.graph import WorkflowGraph
@@ -38,8 +40,6 @@ from context_forge.workflow.scope import scope_key
 from .cost_model import CostModel
 from .oracle import BeladyOracle, ideal_times
 from .stats import SimResult, StatsCollector
-
-PREFETCHING_POLICIES = ("kvflow", "pbkv")
 
 
 class SimError(RuntimeError):
@@ -72,8 +72,8 @@ class SimConfig:
     max_running: int = 256
     prefetch_min_prob: float = 0.3
     scope_by_workflow: bool = True
-    """Tag nodes with (workflow, agent) and rank by that workflow's own steps (see workflow.scope);
-    False ranks by the agent's minimum over all workflows."""
+    """Tag nodes with (workflow, agent) and rank them by cache.usage's rules (see workflow.scope);
+    False tags bare agent names on every node a request uses (an ablation: no per-instance ranks)."""
 
     def validate(self) -> None:
         if self.page_size < 1:
@@ -118,7 +118,8 @@ class Simulator:
             ps, _DevicePool(config.device_tokens // ps, self._on_device_free),
             PagePool(config.host_tokens // ps, "host") if config.host_tokens >= ps else None,
             self._make_policy(), CountingTransfer(), config.write_policy)
-        self.prefetch_on = (config.policy in PREFETCHING_POLICIES and config.load_ahead_step > 0
+        self.workflows.add_finish_listener(self.cache.forget_workflow)
+        self.prefetch_on = (policy_class(config.policy).prefetches and config.load_ahead_step > 0
                             and self.cache.host_pool is not None)
         self.repeating = trace.repeating_workflows()
         self.wf_left: dict[str, int] = {}
@@ -131,24 +132,15 @@ class Simulator:
         return scope_key(r.workflow_id, r.agent_id) if self.cfg.scope_by_workflow else r.agent_id
 
     def _make_policy(self):
-        name, cfg = self.cfg.policy, self.cfg
-        if name == "lru":
-            return get_policy("lru")
-        if name == "kvflow":
-            source = self.workflows.scoped_graph_priority if cfg.scope_by_workflow else self.workflows.graph_priority
-            return get_policy("kvflow", priority=source, evict_pri_level=cfg.evict_pri_level)
-        if name == "pbkv":
-            source = (self.workflows.scoped_blended_priority if cfg.scope_by_workflow
-                      else self.workflows.blended_priority)
-            return get_policy("pbkv", priority=source, evict_pri_level=cfg.evict_pri_level)
-        if name == "belady":
+        cls, cfg = policy_class(self.cfg.policy), self.cfg
+        oracle = None
+        if cls.needs_oracle:
             c = self.cost
             service = [c.prefill_time(r.prompt_len, 0) + r.output_tokens * c.decode_step_time(1, r.prompt_len)
                        for r in self.reqs]
             times = ideal_times(self.after, [r.delay_s for r in self.reqs], [r.arrival_s for r in self.reqs], service)
-            self.oracle = BeladyOracle((r.tokens(self.vocab) for r in self.reqs), times, cfg.page_size)
-            return get_policy("belady", oracle=self.oracle)
-        return get_policy(name)  # raises with the list of known policies
+            oracle = self.oracle = BeladyOracle((r.tokens(self.vocab) for r in self.reqs), times, cfg.page_size)
+        return build_policy(cfg.policy, PolicyContext(self.workflows, cfg.evict_pri_level, oracle))
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> SimResult:
@@ -163,7 +155,7 @@ class Simulator:
         self.loads: list[tuple[float, int, LoadTicket, list[RadixNode]]] = []
         self.prefetched = set()
         self.planner = PrefetchPlanner(self.workflows, self.cache, PlannerConfig(
-            self.cfg.load_ahead_step, use_predictor=self.cfg.policy == "pbkv",
+            self.cfg.load_ahead_step, use_predictor=policy_class(self.cfg.policy).plans_undeclared,
             min_prob=self.cfg.prefetch_min_prob))
         self.send_time = [0.0] * len(self.reqs)
         self.done = 0

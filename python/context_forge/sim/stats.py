@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from context_forge.cache.policy import policy_class
+
 if TYPE_CHECKING:
     from context_forge.cache import RadixCache
 
@@ -96,6 +98,6 @@ class StatsCollector:
             p99_latency_s=round(percentile(self.latency, 0.99), 6),
             mean_ttft_s=round(sum(self.ttft) / n, 6),
             device_tokens=cfg.device_tokens, host_tokens=cfg.host_tokens, page_size=cfg.page_size,
-            load_ahead_step=cfg.load_ahead_step if cfg.policy in ("kvflow", "pbkv") else 0,
+            load_ahead_step=cfg.load_ahead_step if policy_class(cfg.policy).prefetches else 0,
             evicted_device_pages=cache.stats.device_evicted_pages,
             written_back_pages=cache.stats.written_back_pages, sim_wall_s=round(wall, 3))

@@ -6,7 +6,7 @@ records, requests in an order the reader accepts); ``main(argv)`` is the CLI:
 dashes). Every kind takes ``seed`` (0), ``vocab_size`` (32000) and ``name`` (meta name, default
 ``<kind>-s<seed>``) and is deterministic for its parameters.
 
-Shape shared by all kinds: a prompt is ``sys/<agent>`` (the agent's system prompt, shared by
+Shape shared by the five original kinds: a prompt is ``sys/<agent>`` (the agent's system prompt, shared by
 every workflow that uses the agent) + the workflow's ``<wf>/history`` + a per-request input,
 so an agent's next prompt extends its previous one. History grows by each request's input and
 output; past ``history_limit`` (8192) it is compacted into a new segment a quarter as long.
@@ -36,6 +36,25 @@ tokens. At the defaults with seed 0:
   record by default: which agents run is random, so a static graph could only say "any agent,
   any step"; ``--declare-graph`` writes exactly that (all agents optional, independent,
   ``repeat``). 240 requests, ~0.15M tokens.
+
+Recurring kinds (``trace/recurring.py``, ``trace/society.py``): the same agents again and again,
+workflow after workflow.
+
+- ``template``: 40 instances ``tpl-<i>`` of ONE declared template, each its own workflow:
+  ``--shape fanout`` planner -> 4 workers -> reducer -> critic, or ``--shape chain`` of 5 agents;
+  arrivals exponential, 1.25 s apart on average (4-6 instances in flight when replayed). Prompt =
+  ``team/preamble`` (512, all agents) + ``sys/<agent>`` (1024-4096 per agent, shared by every
+  instance) + ``<wf>/task`` (300) + history + input (200; outputs 100). 280 requests, ~0.13M
+  tokens (chain: 200 requests, ~0.11M).
+- ``rounds``: 120 agents, 60 rounds, each declared as workflow ``round-<r>`` holding its 8 actors
+  (Zipf(1.1) popularity, an actor of the last round acts again with probability 0.5; optional
+  ``--reactors`` depending on the others). Prompt = ``world`` (1024) + ``sys/<agent>`` (1536) +
+  ``<agent>/memory`` + input (200; outputs 100); every request of a round waits for the whole
+  previous round. 480 requests, ~0.34M tokens.
+- ``tickets``: 100 tickets ``ticket-<i>``, NO workflow record, over 10 specialists (2048-token
+  ``sys/<agent>``): triage first, then a hidden second-order chain until a terminal agent or 8
+  requests; inputs 200, outputs 100; arrivals exponential, 2.5 s apart on average (3-4 in
+  flight). 440 requests, ~0.21M tokens.
 """
 
 from __future__ import annotations
@@ -47,6 +66,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from context_forge.trace import recurring, society  # noqa: F401  (register template, tickets, rounds)
 from context_forge.trace.builder import TraceBuilder, chain_agents, derived_rng
 from context_forge.trace.genparams import (
     GENERATORS,

@@ -1,7 +1,8 @@
 """Registry and parameter plumbing of the trace generators.
 
 A generator is a function ``build(params, builder)`` registered under a kind with a
-parameter dataclass. Each parameter field carries its help text and minimum in its metadata;
+parameter dataclass. Each parameter field carries its help text, minimum and optional maximum
+in its metadata;
 the same fields become the keyword arguments of ``generate`` and the CLI flags.
 """
 
@@ -34,9 +35,9 @@ def _type_name(f: dataclasses.Field[Any]) -> str:
     return f.type if isinstance(f.type, str) else f.type.__name__
 
 
-def param(default: Any, help: str, minimum: float | None = None) -> Any:
-    """A parameter field: default, help text for the CLI and an optional minimum."""
-    return field(default=default, metadata={"help": help, "min": minimum})
+def param(default: Any, help: str, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A parameter field: default, help text for the CLI and an optional minimum and maximum."""
+    return field(default=default, metadata={"help": help, "min": minimum, "max": maximum})
 
 
 @dataclass
@@ -99,6 +100,9 @@ def make_params(kind: str, values: Mapping[str, Any]) -> CommonParams:
         low = f.metadata.get("min")
         if low is not None and value < low:
             raise ValueError(f"{kind}: parameter {key!r} must be >= {low}, got {value!r}")
+        high = f.metadata.get("max")
+        if high is not None and value > high:
+            raise ValueError(f"{kind}: parameter {key!r} must be <= {high}, got {value!r}")
     return spec.params(**values)
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from context_forge.workflow.changes import ChangeFeed, ChangeHub
 from context_forge.workflow.errors import UnknownWorkflowError, WorkflowError
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.minmap import AgentMinTable
 from context_forge.workflow.predictor import MarkovPredictor
+from context_forge.workflow.recurrence import Recurrence
+from context_forge.workflow.rounds import RoundsModel
 from context_forge.workflow.scope import scope_key, split_scope
 from context_forge.workflow.tracker import StepTracker
 
@@ -20,11 +22,13 @@ __all__ = [
     "BlendedPriority",
     "ChangeFeed",
     "GraphPriority",
+    "AnyInstancePriority",
     "LiveWorkflows",
     "PredictorPriority",
 ]
 
-PRIORITY_NAMES = ("graph", "predictor", "blended", "scoped_graph", "scoped_blended")
+PRIORITY_NAMES = ("graph", "predictor", "blended", "any_graph", "any_blended", "scoped_graph",
+                  "scoped_blended")
 
 
 class AgentPriority(ABC):
@@ -143,18 +147,35 @@ class BlendedPriority(AgentPriority):
         return ChangeFeed(sources=(self.graph.subscribe(), self.predictor.subscribe()))
 
 
+class AnyInstancePriority(AgentPriority):
+    """Steps until *any* instance calls the agent: the sooner of a live instance (``live``) and a
+    workflow not live yet (``future``, the learned `Recurrence`)."""
+
+    def __init__(self, live: AgentPriority, future: Recurrence) -> None:
+        self.live = live
+        self.future = future
+
+    def priority(self, agent_id: str) -> float:
+        return min(self.live.priority(agent_id), self.future.future_steps(agent_id))
+
+    def subscribe(self) -> ChangeFeed:
+        return ChangeFeed(sources=(self.live.subscribe(), self.future.subscribe()))
+
+
 class ScopedPriority(AgentPriority):
     """Priority of a `scope_key(workflow_id, agent_id)`: the agent's steps within that workflow.
 
     With ``weight`` None only the declared graph counts (``g`` = the instance's steps for the agent,
     `math.inf` once the instance no longer needs it); otherwise the workflow's own predicted steps
     ``q`` are blended in as in `BlendedPriority`: ``w * g + (1 - w) * q`` when both are finite, else
-    the finite one, else `math.inf`. A key without a workflow falls back to `fallback` (the
-    agent's minimum over all workflows).
+    the finite one, else `math.inf`. With ``recurrence`` (the predictive variant), an undeclared
+    workflow's key also counts the agent's learned recurrence within that workflow
+    (`Recurrence.within_steps`): the smaller of that and the blend. A key without a workflow falls
+    back to `fallback` (for the cache: the agent's next call by any instance, live or expected).
     """
 
     def __init__(self, tracker: StepTracker, predicted: PredictorPriority, fallback: AgentPriority,
-                 weight: float | None = None) -> None:
+                 weight: float | None = None, recurrence: Recurrence | None = None) -> None:
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
                                    or not 0 <= weight <= 1):
             raise WorkflowError(f"weight must be a number in [0, 1], got {weight!r}")
@@ -162,6 +183,7 @@ class ScopedPriority(AgentPriority):
         self.predicted = predicted
         self.fallback = fallback
         self.weight = weight
+        self.recurrence = recurrence
 
     def priority(self, agent_id: str) -> float:
         wf, agent = split_scope(agent_id)
@@ -171,6 +193,8 @@ class ScopedPriority(AgentPriority):
         if self.weight is None:
             return g
         q = self.predicted.value(wf, agent)
+        if self.recurrence is not None and wf not in self.tracker:
+            q = min(q, self.recurrence.within_steps(wf, agent))
         if g == math.inf:
             return q
         if q == math.inf:
@@ -181,6 +205,8 @@ class ScopedPriority(AgentPriority):
         sources = [self.tracker.subscribe_scoped(), self.fallback.subscribe()]
         if self.weight is not None:
             sources.append(self.predicted.subscribe_scoped())
+        if self.recurrence is not None:
+            sources.append(self.recurrence.subscribe_scoped())
         return ChangeFeed(sources=sources)
 
 
@@ -200,9 +226,15 @@ class LiveWorkflows:
         self._graph = GraphPriority(self.tracker)
         self._predicted = PredictorPriority(self.predictor, horizon)
         self._blended = BlendedPriority(self._graph, self._predicted, weight)
-        self._scoped_graph = ScopedPriority(self.tracker, self._predicted, self._graph)
-        self._scoped_blended = ScopedPriority(self.tracker, self._predicted, self._blended, weight)
+        self.recurrence = Recurrence()
+        self.rounds = RoundsModel()
+        self._any_graph = AnyInstancePriority(self._graph, self.recurrence)
+        self._any_blended = AnyInstancePriority(self._blended, self.recurrence)
+        self._scoped_graph = ScopedPriority(self.tracker, self._predicted, self._any_graph)
+        self._scoped_blended = ScopedPriority(self.tracker, self._predicted, self._any_blended, weight,
+                                              self.recurrence)
         self._dynamic: dict[str, dict[str, int]] = {}
+        self._finish_listeners: list[Callable[[str], None]] = []
 
     def register(self, instance_id: str, graph: WorkflowGraph) -> None:
         """Declare a static workflow before its first request."""
@@ -218,10 +250,16 @@ class LiveWorkflows:
         if not isinstance(agent_id, str) or not agent_id:
             raise WorkflowError(f"agent_id must be a non-empty string, got {agent_id!r}")
         if workflow_id in self.tracker:
+            graph = self.tracker.graph_of(workflow_id)
             self.tracker.agent_started(workflow_id, agent_id)
+            if graph.repeat:
+                current = self.tracker.rounds_started(workflow_id)
+                self.tracker.set_last_round(workflow_id, not self.rounds.continues(graph, current))
             self.predictor.observe(workflow_id, agent_id)
+            self.recurrence.observe(workflow_id, agent_id, float(graph.depth(agent_id)))
             return
         self.predictor.observe(workflow_id, agent_id)
+        self.recurrence.observe(workflow_id, agent_id)
         running = self._dynamic.setdefault(workflow_id, {})
         running[agent_id] = running.get(agent_id, 0) + 1
         self._predicted.refresh(workflow_id, running)
@@ -248,6 +286,7 @@ class LiveWorkflows:
     def finish(self, workflow_id: str) -> None:
         """The workflow ended: it stops counting in every priority."""
         if workflow_id in self.tracker:
+            self.rounds.record(self.tracker.graph_of(workflow_id), self.tracker.rounds_started(workflow_id))
             self.tracker.finish(workflow_id)
         elif workflow_id in self._dynamic:
             del self._dynamic[workflow_id]
@@ -255,6 +294,13 @@ class LiveWorkflows:
         else:
             raise UnknownWorkflowError(workflow_id)
         self.predictor.forget(workflow_id)
+        self.recurrence.finish(workflow_id)
+        for fn in self._finish_listeners:
+            fn(workflow_id)
+
+    def add_finish_listener(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(workflow_id)`` after every `finish` (the cache drops the workflow's tags)."""
+        self._finish_listeners.append(fn)
 
     def is_dynamic(self, workflow_id: str) -> bool:
         return workflow_id in self._dynamic
@@ -275,6 +321,16 @@ class LiveWorkflows:
         return self._blended
 
     @property
+    def any_graph_priority(self) -> AnyInstancePriority:
+        """Steps until any instance, live (declared graphs) or expected, calls the agent."""
+        return self._any_graph
+
+    @property
+    def any_blended_priority(self) -> AnyInstancePriority:
+        """Like `any_graph_priority` with live instances scored by the blend (pbkv)."""
+        return self._any_blended
+
+    @property
     def scoped_graph_priority(self) -> ScopedPriority:
         """Per-workflow steps from declared graphs, for keys made by `scope_key` (kvflow)."""
         return self._scoped_graph
@@ -290,6 +346,8 @@ class LiveWorkflows:
             "graph": self._graph,
             "predictor": self._predicted,
             "blended": self._blended,
+            "any_graph": self._any_graph,
+            "any_blended": self._any_blended,
             "scoped_graph": self._scoped_graph,
             "scoped_blended": self._scoped_blended,
         }

@@ -30,6 +30,7 @@ class _Instance:
     done: set[str] = field(default_factory=set)
     values: dict[str, int] = field(default_factory=dict)
     rounds: int = 0
+    last_round: bool = False
 
 
 class StepTracker:
@@ -105,10 +106,25 @@ class StepTracker:
         inst.running.pop(agent_id, None)
         inst.done.add(agent_id)
         graph = inst.graph
-        if graph.repeat and len(inst.done) == len(graph):
+        if graph.repeat and not inst.last_round and len(inst.done) == len(graph):
             self._new_round(inst)
         else:
             self._refresh(inst, graph.affected_map[agent_id])
+
+    def set_last_round(self, instance_id: str, last: bool = True) -> None:
+        """Mark the current round of a repeat instance as its last (or not): its done agents stop
+        counting, as in a plain graph. Starting a done agent still begins a new round, which
+        clears the mark."""
+        inst = self._instance(instance_id)
+        if inst.last_round != last and inst.graph.repeat:
+            inst.last_round = last
+            self._refresh(inst, inst.graph.order)
+
+    def rounds_started(self, instance_id: str) -> int:
+        """Rounds of the instance that have begun: completed ones plus the current one if any of
+        its agents ran (1 for a plain graph that ran anything)."""
+        inst = self._instance(instance_id)
+        return inst.rounds + (1 if inst.done or inst.running else 0)
 
     def finish(self, instance_id: str) -> None:
         """The instance ended: it stops counting for every agent."""
@@ -182,6 +198,7 @@ class StepTracker:
     def _new_round(self, inst: _Instance) -> None:
         inst.done.clear()
         inst.rounds += 1
+        inst.last_round = False
         self._refresh(inst, inst.graph.order)
 
     def _refresh(self, inst: _Instance, agents: Iterable[str]) -> None:
@@ -190,7 +207,7 @@ class StepTracker:
         graph = inst.graph
         deps_of = graph.dependency_map
         done, running, values = inst.done, inst.running, inst.values
-        repeat = graph.repeat
+        repeat = graph.repeat and not inst.last_round
         for agent in agents:
             if agent in done:
                 if not repeat:

@@ -1,0 +1,199 @@
+"""Who will use a cached node next: the user tags the radix tree keeps on its nodes.
+
+A request of agent ``a`` in workflow ``w`` reports its path (the nodes from the root down to the
+end of its match or insert) with the scoped key ``w<US>a`` (``workflow.scope``). The tags a node
+carries name the users a policy should rank it by:
+
+1. **Latest path.** A scoped key stays on the path of its latest request only. When the key's new
+   path leaves the old one, the old tail loses the key: an agent's next prompt extends its latest
+   one, so an older branch (a previous request's own input) is no longer that agent's.
+2. **Cross-instance nodes.** A node that agent ``a`` used in two different workflows is ``a``'s
+   shared KV (its system prompt, a team preamble, a persona). It carries the bare key ``a``, which
+   a policy ranks by ``a``'s next call by *any* instance, live or not yet started. The bare key
+   stays on the cross-instance prefix of ``a``'s latest path (rule 1 again, for the agent).
+3. **Carried state.** An agent whose cross-instance prefix keeps growing from one workflow to the
+   next (a simulation persona whose memory carries from round to round) carries its whole latest
+   path with the bare key: its next workflow is expected to extend it. Decided per agent from the
+   growth seen at each first request of a new workflow (more growths than not, with a prior).
+4. **Dropped suffix.** Agents often send a next prompt that keeps their latest one only up to
+   some point (a fresh tool result or input replaces the last one): per agent, the upper quartile of
+   the tokens its last few next requests dropped from the end of their previous ones is learned
+   (every agent's, until it has two of its own), and an insert leaves its last that many tokens (never more than the request's own new tokens) without
+   the request's tags, splitting the node at the page boundary where needed, so that suffix is
+   evicted first while the prefix the next request will extend stays ranked.
+5. **Finished workflows** lose their scoped keys on every node (`forget_workflow`).
+
+Tags without a workflow (plain agent names) are added to the path and never removed; so are all
+tags while ``rules`` is off (the cache turns the rules off for policies that rank by no user, such
+as lru, whose behaviour then does not depend on them).
+
+Every rule keeps a node's tags a superset of its children's (a key sits on a path from the root),
+which `RadixCache.check` asserts. Each node also remembers, per agent, the last workflow that used
+it (``RadixNode.seen``), which is how rule 2 tells a second instance from the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from context_forge.workflow.scope import split_scope
+
+if TYPE_CHECKING:
+    from .node import RadixNode
+    from .radix import RadixTree
+
+__all__ = ["UsageIndex"]
+
+
+@dataclass
+class _Drop:
+    """The tokens an agent's recent next requests dropped from their previous ones; the upper
+    quartile of the last five, so that a one-off reset (a compacted history) does not count while
+    inputs of varying length are mostly covered."""
+
+    recent: list[int] = field(default_factory=list)
+
+    def add(self, tokens: int) -> None:
+        self.recent.append(tokens)
+        if len(self.recent) > 5:
+            del self.recent[0]
+
+    @property
+    def expected(self) -> int:
+        if len(self.recent) < 2:
+            return 0
+        ordered = sorted(self.recent)
+        return ordered[3 * (len(ordered) - 1) // 4]
+
+
+@dataclass
+class _Carry:
+    """Growth of an agent's cross-instance prefix at the first request of each new workflow."""
+
+    depth: int = 0
+    grew: int = 0
+    seen: int = 0
+
+    @property
+    def carries(self) -> bool:
+        return (self.grew + 0.5) / (self.seen + 1.0) > 0.5
+
+
+class UsageIndex:
+    """Maintains the user tags of one radix tree (see the module docstring)."""
+
+    def __init__(self, tree: RadixTree, rules: bool = True) -> None:
+        self.tree = tree
+        self.rules = rules
+        self._workflow_keys: dict[str, set[str]] = {}
+        self._last_workflow: dict[str, str] = {}
+        self._carry: dict[str, _Carry] = {}
+        self._drop: dict[str, _Drop] = {}
+        self._any_drop = _Drop()
+        self._inserted: set[str] = set()
+        self._matched: dict[str, int] = {}
+
+    def on_path(self, path: Sequence[RadixNode], tag: str | None, insert: bool = False) -> None:
+        """A request tagged ``tag`` matched (``insert`` False) or inserted ``path`` (root child
+        first, deepest last)."""
+        if tag is None or not path:
+            return
+        tree = self.tree
+        workflow, agent = split_scope(tag)
+        if workflow is None or not self.rules:
+            for node in path:
+                tree._add_agent(node, tag)
+            return
+        self._workflow_keys.setdefault(workflow, set()).add(tag)
+        if not insert:
+            if tag in self._inserted:
+                self._inserted.discard(tag)
+                keep = set(path)
+                dropped = sum(len(n.key) for n in tree.agent_nodes(tag) if n not in keep)
+                self._drop.setdefault(agent, _Drop()).add(dropped)
+                self._any_drop.add(dropped)
+            self._matched[tag] = sum(len(n.key) for n in path)
+        else:
+            self._inserted.add(tag)
+            new_tokens = sum(len(n.key) for n in path) - self._matched.get(tag, 0)
+            path = self._without_dropped(path, agent, new_tokens)
+        self._retag(tag, path)
+        cross_end, depth, cross_depth = -1, 0, 0
+        for i, node in enumerate(path):
+            depth += len(node.key)
+            before = node.seen.get(agent)
+            if (before is not None and before != workflow) or agent in node.agents:
+                cross_end, cross_depth = i, depth
+            node.seen[agent] = workflow
+        if cross_end < 0:
+            return
+        carry = self._carry.setdefault(agent, _Carry())
+        if self._last_workflow.get(agent) != workflow:
+            self._last_workflow[agent] = workflow
+            carry.seen += 1
+            if cross_depth > carry.depth:
+                carry.grew += 1
+            carry.depth = cross_depth
+        self._retag(agent, path if carry.carries else path[:cross_end + 1])
+
+    def _without_dropped(self, path: Sequence[RadixNode], agent: str, new_tokens: int) -> list[RadixNode]:
+        """``path`` less the suffix the agent's next request is expected to drop (rule 4)."""
+        drop = self._drop.get(agent)
+        if drop is None or len(drop.recent) < 2:
+            drop = self._any_drop
+        ps = self.tree.page_size
+        cut = min(drop.expected, new_tokens) // ps * ps
+        out = list(path)
+        while cut > 0 and out:
+            last = out[-1]
+            if len(last.key) <= cut:
+                cut -= len(last.key)
+                out.pop()
+            else:
+                out[-1] = self.tree._split(last, (len(last.key) - cut) // ps)
+                cut = 0
+        return out
+
+    def forget_workflow(self, workflow_id: str) -> None:
+        """The workflow ended: drop its scoped keys from every node."""
+        tree = self.tree
+        for key in self._workflow_keys.pop(workflow_id, ()):
+            self._inserted.discard(key)
+            self._matched.pop(key, None)
+            for node in list(tree.agent_nodes(key)):
+                tree._remove_agent(node, key)
+
+    def carries(self, agent_id: str) -> bool:
+        """Whether the agent's state is seen to carry over from one workflow to the next."""
+        carry = self._carry.get(agent_id)
+        return carry is not None and carry.carries
+
+    def deepest(self, key: str) -> RadixNode | None:
+        """The deepest node tagged ``key`` (the end of its latest path), if any."""
+        best, best_depth = None, -1
+        for node in self.tree.agent_nodes(key):
+            depth = _depth(node)
+            if depth > best_depth:
+                best, best_depth = node, depth
+        return best
+
+    def _retag(self, key: str, path: Sequence[RadixNode]) -> None:
+        """Move ``key`` onto exactly ``path`` (a path from the root)."""
+        tree = self.tree
+        old = tree.agent_nodes(key)
+        if old:
+            keep = set(path)
+            for node in [n for n in old if n not in keep]:
+                tree._remove_agent(node, key)
+        for node in path:
+            tree._add_agent(node, key)
+
+
+def _depth(node: RadixNode) -> int:
+    n = 0
+    while node.parent is not None:
+        n += 1
+        node = node.parent
+    return n
