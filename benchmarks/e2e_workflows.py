@@ -1,17 +1,19 @@
-"""End-to-end workflow benchmark: every eviction policy against the same traces on a real server.
+"""End-to-end sweep: every serving policy and an unbounded cache on the same traces, real servers.
 
     python benchmarks/e2e_workflows.py --config configs/llama3-8b-h100.yaml --out DIR
-        [--policies lru,kvflow,pbkv] [--traces peer,concurrent,dynamic] [--time-budget-s 540]
-        [--server-per replay|policy] [--max-total-tokens N] [--hicache-ratio R] [--device-fraction F]
-        [--work-dir DIR] [--server-arg KEY=VALUE ...] [--<trace size> N ...] [--smoke] [--dry-run]
+        [--cells targets|NAME|GLOB,...] [--runs lru,kvflow,pbkv,unbounded] [--time-budget-s 520]
+        [--work-dir DIR] [--server-arg KEY=VALUE ...] [--<profile field> VALUE ...]
+        [--no-warm-system-prompts] [--keep-pressure-modes] [--smoke] [--dry-run]
     python benchmarks/e2e_workflows.py --plot-only DIR
 
-For each policy (hierarchical cache on; lru without prefetch, kvflow and pbkv with it) a server is
-started as a subprocess, the seeded traces (one PEER workflow with large prompts, 16 concurrent
-declared workflows, dynamic undeclared workflows) are replayed with SScheduler's ``replay_trace``,
-and ``/metrics`` is scraped around each replay. Writes ``DIR/e2e_results.{json,md,png}``; traces
-and server logs go to ``--work-dir`` (default DIR). ``--smoke`` runs tiny-llama on CPU with tiny
-traces (configs/tiny-cpu.yaml unless --config is given). docs/benchmarks.md explains the method.
+Cells are (workload, system prompt, device pool): {peer, concurrent, dynamic} x {2k, 8k, 16k}
+x {25, 50 % of the KV working set}, with the host tier holding it all; named like
+``concurrent-8k-25``. Every cell is replayed by each serving policy of the registry (prefetch on
+where the policy class says so) and by ``unbounded`` (lru, a pool holding the whole working set):
+the ceiling. The target cells run first; cells with the same pool share a server. Writes
+``DIR/e2e_results.{json,md,png}``; traces and server logs go to ``--work-dir`` (default DIR).
+``--smoke``: tiny-llama on CPU (configs/tiny-cpu.yaml unless --config is given), four tiny cells,
+every run, the report. docs/benchmarks.md explains the method.
 
 Exit status: 0 every replay finished; 1 some replay failed or was skipped (recorded in the
 results); 2 bad arguments or configuration.
@@ -30,13 +32,13 @@ for _path in (_HERE, _HERE.parent / "python", _HERE.parent / "SScheduler"):
     if str(_path) not in sys.path:
         sys.path.insert(0 if _path == _HERE else len(sys.path), str(_path))
 
-from e2e_bench.plan import FULL, SMOKE, TRACE_KINDS, TraceSizes
-from e2e_bench.run import POLICY_ARGS, RESULTS_JSON, SERVER_PER, Bench, Settings, write_reports
+from e2e_bench.plan import FULL, SMOKE, SMOKE_CELLS, Profile
+from e2e_bench.run import RESULTS_JSON, Bench, Settings, runs_from_registry, write_reports
 
 SMOKE_CONFIG = _HERE.parent / "configs" / "tiny-cpu.yaml"
 
 
-def _names(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
+def _names(text: str, known: list[str], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
@@ -54,37 +56,53 @@ def _server_arg(text: str) -> tuple[str, str]:
     return key.strip().replace("-", "_"), value.strip()
 
 
+def _profile_type(f: dataclasses.Field) -> object:  # type: ignore[type-arg]
+    default = getattr(FULL, f.name)
+    if isinstance(default, tuple):
+        item = type(default[0])
+        def parse(text: str) -> tuple:
+            try:
+                return tuple(item(x.strip()) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"--{f.name.replace('_', '-')}: {text!r} is not a "
+                                                 f"comma-separated list of {item.__name__}") from None
+        return parse
+    return type(default)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    runs = runs_from_registry()
     parser = argparse.ArgumentParser(prog="e2e_workflows.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", type=Path, help="server YAML config (default with --smoke: configs/tiny-cpu.yaml)")
     parser.add_argument("--out", type=Path, help="results directory")
     parser.add_argument("--work-dir", type=Path, help="traces and server logs (default: --out)")
     parser.add_argument("--plot-only", type=Path, metavar="DIR", help=f"rebuild md + png from DIR/{RESULTS_JSON}")
-    parser.add_argument("--policies", type=lambda t: _names(t, list(POLICY_ARGS), "policy"),
-                        default=list(POLICY_ARGS), help="comma-separated")
-    parser.add_argument("--traces", type=lambda t: _names(t, TRACE_KINDS, "trace"), default=list(TRACE_KINDS),
-                        help="comma-separated")
-    parser.add_argument("--time-budget-s", type=float, default=540.0, help="whole run, generation to report")
-    parser.add_argument("--server-per", choices=list(SERVER_PER), default="replay",
-                        help="; ".join(f"{k}: {v}" for k, v in SERVER_PER.items()))
-    parser.add_argument("--max-total-tokens", type=int, help="device KV pool (tokens) instead of the sizing rule")
-    parser.add_argument("--hicache-ratio", type=float, help="host pool / device pool (default: the config's)")
-    parser.add_argument("--device-fraction", type=float, default=0.4,
-                        help="device pool as a fraction of the largest working set (at least 2x the largest request)")
+    parser.add_argument("--runs", type=lambda t: _names(t, runs, "run"), default=runs,
+                        help="comma-separated: serving policies of the registry and 'unbounded'")
+    parser.add_argument("--cells", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                        help="comma-separated cell names or globs ('targets' = the three target cells); "
+                             "default: every cell (with --smoke: " + ",".join(SMOKE_CELLS) + ")")
+    parser.add_argument("--time-budget-s", type=float, default=520.0, help="whole run, generation to report")
     parser.add_argument("--server-timeout-s", type=float, default=240.0, help="wait this long for /health")
     parser.add_argument("--replay-timeout-s", type=float, default=120.0,
                         help="give up on one replay after this long (recorded as failed; the run goes on)")
-    parser.add_argument("--replay-concurrency", type=int, help="cap on requests in flight (default: none)")
+    parser.add_argument("--no-warm-system-prompts", action="store_true",
+                        help="replay cold: do not compute the agents' system prompts before each replay")
+    parser.add_argument("--keep-pressure-modes", action="store_true",
+                        help="keep the config's memory-pressure thresholds (the sweep moves them out of the way)")
     parser.add_argument("--server-arg", type=_server_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="extra ServerConfig key for every server (repeatable)")
-    parser.add_argument("--smoke", action="store_true", help="tiny-llama on CPU, tiny traces (< 60 s)")
-    parser.add_argument("--dry-run", action="store_true", help="generate the traces and print the sizing; start no server")
-    sizes = parser.add_argument_group("trace sizes (default: the full profile, or the smoke one with --smoke)")
-    for f in dataclasses.fields(TraceSizes):
-        kind = float if f.name.endswith("_s") else int
-        sizes.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                           help=f"{f.metadata['help']} (full {getattr(FULL, f.name)}, smoke {getattr(SMOKE, f.name)})")
+    parser.add_argument("--smoke", action="store_true", help="tiny-llama on CPU, tiny cells (well under 2 minutes)")
+    parser.add_argument("--dry-run", action="store_true", help="generate the traces, print cells, pools and "
+                                                               "servers; start no server")
+    prof = parser.add_argument_group("sweep and trace sizes (default: the full profile, or the smoke one with --smoke)")
+    for f in dataclasses.fields(Profile):
+        def show(v: object) -> str:
+            return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        prof.add_argument("--" + f.name.replace("_", "-"), type=_profile_type(f), default=None,  # type: ignore[arg-type]
+                          help=f"{f.metadata['help']} (full {show(getattr(FULL, f.name))}, smoke "
+                               f"{show(getattr(SMOKE, f.name))})")
     return parser
 
 
@@ -99,22 +117,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for flag in ("time_budget_s", "server_timeout_s", "replay_timeout_s"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
-    if args.replay_concurrency is not None and args.replay_concurrency < 1:
-        raise ValueError(f"--replay-concurrency must be >= 1, got {args.replay_concurrency}")
-    if args.hicache_ratio is not None and args.hicache_ratio <= 1:
-        raise ValueError(f"--hicache-ratio must be > 1 (the host tier must be larger than the device pool), "
-                         f"got {args.hicache_ratio}")
-    if args.max_total_tokens is not None and args.max_total_tokens < 1:
-        raise ValueError(f"--max-total-tokens must be >= 1, got {args.max_total_tokens}")
-    profile = SMOKE if args.smoke else FULL
-    sizes = profile.replace(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TraceSizes)})
+    base = SMOKE if args.smoke else FULL
+    profile = base.replace(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Profile)})
+    cells = args.cells if args.cells is not None else (list(SMOKE_CELLS) if args.smoke else None)
     return Settings(
-        config_path=config, out=args.out, work_dir=args.work_dir or args.out, policies=args.policies,
-        traces=args.traces, sizes=sizes, time_budget_s=args.time_budget_s, server_per=args.server_per,
-        max_total_tokens=args.max_total_tokens, hicache_ratio=args.hicache_ratio,
-        device_fraction=args.device_fraction, server_timeout_s=args.server_timeout_s,
-        replay_timeout_s=args.replay_timeout_s,
-        replay_concurrency=args.replay_concurrency, server_args=dict(args.server_arg), smoke=args.smoke,
+        config_path=config, out=args.out, work_dir=args.work_dir or args.out, runs=args.runs, cells=cells,
+        profile=profile, time_budget_s=args.time_budget_s, server_timeout_s=args.server_timeout_s,
+        replay_timeout_s=args.replay_timeout_s, warm_system_prompts=not args.no_warm_system_prompts,
+        keep_pressure_modes=args.keep_pressure_modes, server_args=dict(args.server_arg), smoke=args.smoke,
         dry_run=args.dry_run,
     )
 
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         bench = Bench(settings, [str(Path(__file__)), *argv])
         return bench.run()
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError, trace sizes, pool sizing, model dir
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError, profile, pools, model dir, cells
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

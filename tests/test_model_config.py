@@ -89,7 +89,9 @@ def test_presets() -> None:
     assert (big.vocab_size, big.hidden_size, big.num_hidden_layers, big.num_attention_heads,
             big.num_key_value_heads, big.intermediate_size, big.rope_theta,
             big.max_position_embeddings, big.head_dim) == (
-        128256, 4096, 32, 32, 8, 14336, 500000.0, 8192, 128)
+        128256, 4096, 32, 32, 8, 14336, 500000.0, 131072, 128)
+    assert big.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     tiny.eos_token_id.append(99)
     assert ModelConfig.preset("tiny-llama").eos_token_id == [257], "presets are copies"
     with pytest.raises(ValueError, match="tiny-llama"):

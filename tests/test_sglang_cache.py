@@ -98,10 +98,13 @@ def test_equal_steps_fall_back_to_least_recently_used(make) -> None:
 
 
 @pytest.mark.parametrize(("level", "expected"), [(1, ["near", "far"]), (6, ["far", "near"])])
-def test_steps_beyond_evict_pri_level_share_one_tier(make, level: int, expected: list[str]) -> None:
+def test_steps_beyond_evict_pri_level_share_a_band(make, level: int, expected: list[str]) -> None:
+    """Beyond ``evict_pri_level`` ranks fall into the engine's geometric bands (`rank_level`):
+    4 and 5 steps share one band above level 1 (least recently used first), but stay apart
+    within level 6."""
     bench, driver = make(priority="steps", enable_prefetch=False, load_ahead_step=0, evict_pri_level=level)
-    nodes = {"near": driver.run("near", prompt(1), meta("near", {"near": 3, "far": 5})).last_node}
-    nodes["far"] = driver.run("far", prompt(2), meta("far", {"near": 3, "far": 5})).last_node
+    nodes = {"near": driver.run("near", prompt(1), meta("near", {"near": 4, "far": 5})).last_node}
+    nodes["far"] = driver.run("far", prompt(2), meta("far", {"near": 4, "far": 5})).last_node
     assert eviction_order(bench, nodes) == expected
 
 

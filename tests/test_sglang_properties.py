@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from context_forge.cache.policy import rank_level
 import sglang_support  # noqa: F401  (imports SGLang's cache layer; fails if SGLang is missing)
 from context_forge.sglang.metadata import to_custom_params
 from context_forge.sglang.registry import WorkflowRegistry
@@ -63,9 +64,9 @@ def test_every_victim_is_the_least_urgent_leaf(hicache, workload, level) -> None
                 stack.append(child)
         registry = bench.cache.workflows
 
-        def tier(node) -> float:  # the spec: nearest agent using the node or below, capped
+        def tier(node) -> float:  # the spec: nearest agent using the node or below, in the engine's levels
             steps = min((registry.priority(a) for a in agents_of(node)), default=math.inf)
-            return min(steps, level + 1)
+            return rank_level(steps, level)
 
         while tree.evictable_device_leaves:
             leaves = {node.id: node for node in tree.evictable_device_leaves}

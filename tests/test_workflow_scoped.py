@@ -40,17 +40,23 @@ def test_scoped_feed_reports_instance_keys():
     assert scope_key("a", "coder") in changed and not any(k.startswith("b") for k in changed)
 
 
-def test_scoped_blend_uses_the_workflows_own_prediction():
+def test_undeclared_workflows_branches_rank_by_their_own_recurrence():
+    """A private branch of an undeclared workflow is reused when its agent comes back to that
+    workflow: it ranks by the agent's learned recurrence there (running now: 0), and an agent the
+    workflow called only once is not expected back."""
     live = LiveWorkflows(weight=0.5)
     for _ in range(3):
         for agent in ("x", "y", "z"):
             live.on_request("dyn", agent)
             live.on_request_finished("dyn", agent)
+    live.on_request("dyn", "once")
+    live.on_request_finished("dyn", "once")
     live.on_request("dyn", "x")
-    value = live.scoped_blended_priority.priority(scope_key("dyn", "x"))
-    assert value == 0  # running now
-    assert live.scoped_blended_priority.priority(scope_key("dyn", "y")) < \
-        live.scoped_blended_priority.priority(scope_key("dyn", "z"))
+    scoped = live.scoped_blended_priority
+    assert scoped.priority(scope_key("dyn", "x")) == 0  # running now
+    assert 0 < scoped.priority(scope_key("dyn", "y")) < math.inf
+    assert scoped.priority(scope_key("dyn", "once")) == math.inf
+    assert scoped.priority(scope_key("other", "y")) == math.inf
 
 
 def test_cache_ranks_a_finished_workflows_branch_below_a_live_one():

@@ -1,3 +1,3 @@
-"""Parts of ``benchmarks/e2e_workflows.py``: trace plan and pool sizing (``plan``), the server
-subprocess (``server``), ``/metrics`` scraping (``prom``), the run loop (``run``) and the
-Markdown/PNG report (``report``)."""
+"""Parts of ``benchmarks/e2e_workflows.py``: cells, traces, working sets, pools and server groups
+(``plan``), the server subprocess (``server``), ``/metrics`` scraping (``prom``), the sessions and
+the time budget (``run``) and the Markdown/PNG report (``report``)."""

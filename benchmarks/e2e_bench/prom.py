@@ -17,6 +17,7 @@ PREFIX = "context_forge_"
 CACHE_STATS: dict[str, str] = {
     "device_hit_tokens": "device_hit_tokens_total",
     "host_hit_tokens": "host_hit_tokens_total",
+    "prefetch_hit_tokens": "prefetch_hit_tokens_total",
     "recomputed_tokens": "recomputed_tokens_total",
     "cached_prompt_tokens": "cached_prompt_tokens_total",
     "prompt_tokens": "prompt_tokens_total",
@@ -34,6 +35,19 @@ CACHE_STATS: dict[str, str] = {
     "aborted_requests": "aborted_requests_total",
 }
 """Name in the results -> sample key in ``/metrics`` without the ``context_forge_`` prefix."""
+
+TIMING_STATS: dict[str, str] = {
+    "load_back_seconds": "load_back_seconds_total",
+    "load_back_bytes": "load_back_bytes_total",
+    "prefetch_copy_seconds": "prefetch_copy_seconds_total",
+    "prefetch_decode_copy_seconds": "prefetch_decode_copy_seconds_total",
+    "prefetch_decode_copy_bytes": "prefetch_decode_copy_bytes_total",
+}
+"""Copy timings the bandwidth columns need; read when the server exports them (``None`` when not):
+seconds the on-demand host->device loads took and their bytes, seconds the prefetch copies took,
+and the bytes and seconds of prefetch copies that ran while a decode step did."""
+
+SECONDS = {"prefetch_stall_s"}
 
 
 @dataclass
@@ -93,10 +107,29 @@ def difference(before: Scrape, after: Scrape) -> dict[str, dict[str, float]]:
     return {"delta": delta, "gauges": gauges}
 
 
-def cache_stats(delta: dict[str, float]) -> dict[str, Any]:
-    """The curated per-replay cache numbers (0 where the server exports no such metric)."""
+def cache_stats(delta: dict[str, float], page_bytes: int = 0) -> dict[str, Any]:
+    """The curated per-replay cache numbers (0 where the server exports no such metric), the copy
+    timings (``None`` where it does not) and the bandwidths they give (GB/s, ``None`` without a
+    timing): ``load_back_gbps`` (on-demand loads; bytes from ``load_back_bytes_total``, else
+    ``load_back_pages x page_bytes``), ``prefetch_gbps`` and ``prefetch_decode_gbps``."""
     stats: dict[str, Any] = {}
     for name, key in CACHE_STATS.items():
         value = delta.get(key, 0.0)
-        stats[name] = round(value, 4) if name == "prefetch_stall_s" else round(value)
+        stats[name] = round(value, 4) if name in SECONDS else round(value)
+    for name, key in TIMING_STATS.items():
+        stats[name] = round(delta[key], 6) if key in delta else None
+    load_bytes = stats["load_back_bytes"]
+    if load_bytes is None and page_bytes:
+        load_bytes = stats["load_back_pages"] * page_bytes
+    stats["load_back_gb"] = None if load_bytes is None else round(load_bytes / 1e9, 4)
+    stats["prefetch_gb"] = round(stats["prefetch_bytes"] / 1e9, 4)
+    stats["load_back_gbps"] = _rate(load_bytes, stats["load_back_seconds"])
+    stats["prefetch_gbps"] = _rate(stats["prefetch_bytes"], stats["prefetch_copy_seconds"])
+    stats["prefetch_decode_gbps"] = _rate(stats["prefetch_decode_copy_bytes"], stats["prefetch_decode_copy_seconds"])
     return stats
+
+
+def _rate(nbytes: float | None, seconds: float | None) -> float | None:
+    if nbytes is None or not seconds or seconds <= 0:
+        return None
+    return round(nbytes / seconds / 1e9, 3)

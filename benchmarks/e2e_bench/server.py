@@ -106,6 +106,22 @@ class ServerProcess:
             raise ServerStartError(f"warm-up request failed with HTTP {response.status_code}: {response.text[:500]}")
         return time.perf_counter() - t0
 
+    def prefill(self, prompts: list[list[int]], timeout_s: float = 120.0) -> None:
+        """One-token completions of ``prompts`` (token ids) in turn, outside any workflow: their
+        KV lands in the cache (the measured replay's system prompts, computed before it starts)."""
+        deadline = time.perf_counter() + timeout_s
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+            model = client.get(self.url + "/v1/models").json()["data"][0]["id"]
+            for ids in prompts:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError(f"warm-up prefill did not finish within {timeout_s:.0f} s")
+                body = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "ignore_eos": True}
+                response = client.post(self.url + "/v1/completions", json=body, timeout=left)
+                if response.status_code != 200:
+                    raise RuntimeError(f"warm-up prefill failed with HTTP {response.status_code}: "
+                                       f"{response.text[:500]}")
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

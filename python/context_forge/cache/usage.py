@@ -18,7 +18,8 @@ carries name the users a policy should rank it by:
 4. **Dropped suffix.** Agents often send a next prompt that keeps their latest one only up to
    some point (a fresh tool result or input replaces the last one): per agent, the upper quartile of
    the tokens its last few next requests dropped from the end of their previous ones is learned
-   (every agent's, until it has two of its own), and an insert leaves its last that many tokens (never more than the request's own new tokens) without
+   (every agent's, until it has two of its own), and an insert leaves its last that many tokens
+   (never more than the tokens new to this key: beyond its previous path, or this request's own) without
    the request's tags, splitting the node at the page boundary where needed, so that suffix is
    evicted first while the prefix the next request will extend stays ranked.
 5. **Finished workflows** lose their scoped keys on every node (`forget_workflow`).
@@ -70,11 +71,15 @@ class _Drop:
 
 @dataclass
 class _Carry:
-    """Growth of an agent's cross-instance prefix at the first request of each new workflow."""
+    """How often the prefix an agent's first prompt in a new workflow shares with its previous
+    workflow's path grew (``grew`` of ``seen``), the latest such prefix (tokens), and the keys of
+    the previous path (references to the nodes' token lists, not copies)."""
 
-    depth: int = 0
     grew: int = 0
     seen: int = 0
+    shared: int = 0
+    compared: bool = False
+    previous: list[list[int]] = field(default_factory=list)
 
     @property
     def carries(self) -> bool:
@@ -115,28 +120,74 @@ class UsageIndex:
                 self._drop.setdefault(agent, _Drop()).add(dropped)
                 self._any_drop.add(dropped)
             self._matched[tag] = sum(len(n.key) for n in path)
-        else:
+        carry = None
+        if insert:
             self._inserted.add(tag)
-            new_tokens = sum(len(n.key) for n in path) - self._matched.get(tag, 0)
+            full = path
+            total = sum(len(n.key) for n in path)
+            new_tokens = total - self._matched.get(tag, 0)
+            old = tree.agent_nodes(tag)
+            if old:
+                # Also beyond what the key's previous request kept: a part another agent of the
+                # instance inserted moments ago (the round's plan all workers read) is new to it.
+                on_path = set(path)
+                new_tokens = max(new_tokens, total - sum(len(n.key) for n in old if n in on_path))
             path = self._without_dropped(path, agent, new_tokens)
+            carry = self._carry_evidence(agent, workflow, full, path)
         self._retag(tag, path)
-        cross_end, depth, cross_depth = -1, 0, 0
+        cross_end = -1
         for i, node in enumerate(path):
-            depth += len(node.key)
             before = node.seen.get(agent)
             if (before is not None and before != workflow) or agent in node.agents:
-                cross_end, cross_depth = i, depth
+                cross_end = i
             node.seen[agent] = workflow
-        if cross_end < 0:
+        if carry is None:
+            carry = self._carry.get(agent)
+        if carry is not None and carry.carries:
+            self._retag(agent, path)
             return
+        shared = path[:cross_end + 1]
+        if insert and carry is not None and carry.compared:
+            by_tokens = self._prefix(path, carry.shared)
+            if len(by_tokens) > len(shared):
+                shared = by_tokens
+        if shared:
+            self._retag(agent, shared)
+
+    def _prefix(self, path: Sequence[RadixNode], tokens: int) -> list[RadixNode]:
+        """The nodes of ``path`` covering its first ``tokens`` tokens (whole pages), the last one
+        split where the prefix ends inside it."""
+        ps = self.tree.page_size
+        left = tokens // ps * ps
+        out: list[RadixNode] = []
+        for node in path:
+            if left <= 0:
+                break
+            if len(node.key) > left:
+                out.append(self.tree._split(node, left // ps))
+                break
+            out.append(node)
+            left -= len(node.key)
+        return out
+
+    def _carry_evidence(self, agent: str, workflow: str, full: Sequence[RadixNode],
+                        kept: Sequence[RadixNode]) -> _Carry:
+        """Rule 3's evidence, at the first insert of the agent in a new workflow: the prefix the new
+        prompt shares with the agent's previous kept path, compared by tokens (so that eviction of
+        the old path does not hide it). Growth against the previous such prefix is a carry (the
+        first comparison only sets the baseline: any second instance shares its system prompt)."""
         carry = self._carry.setdefault(agent, _Carry())
         if self._last_workflow.get(agent) != workflow:
             self._last_workflow[agent] = workflow
-            carry.seen += 1
-            if cross_depth > carry.depth:
-                carry.grew += 1
-            carry.depth = cross_depth
-        self._retag(agent, path if carry.carries else path[:cross_end + 1])
+            if carry.previous:
+                shared = _common_prefix(carry.previous, [n.key for n in full])
+                if carry.compared:
+                    carry.seen += 1
+                    carry.grew += shared > carry.shared
+                carry.compared = True
+                carry.shared = shared
+        carry.previous = [n.key for n in kept]
+        return carry
 
     def _without_dropped(self, path: Sequence[RadixNode], agent: str, new_tokens: int) -> list[RadixNode]:
         """``path`` less the suffix the agent's next request is expected to drop (rule 4)."""
@@ -157,12 +208,20 @@ class UsageIndex:
         return out
 
     def forget_workflow(self, workflow_id: str) -> None:
-        """The workflow ended: drop its scoped keys from every node."""
+        """The workflow ended: drop its scoped keys from every node. An agent no other workflow has
+        shared a prefix with yet keeps its latest path under its bare key, so that a later
+        workflow calling it again (as the next round of a simulation calls its personas) finds it
+        ranked by the agent's recurrence rather than dropped."""
         tree = self.tree
         for key in self._workflow_keys.pop(workflow_id, ()):
             self._inserted.discard(key)
             self._matched.pop(key, None)
-            for node in list(tree.agent_nodes(key)):
+            nodes = list(tree.agent_nodes(key))
+            _, agent = split_scope(key)
+            carry = self._carry.get(agent)
+            if nodes and (carry is None or carry.seen == 0) and not tree.agent_nodes(agent):
+                self._retag(agent, sorted(nodes, key=_depth))
+            for node in nodes:
                 tree._remove_agent(node, key)
 
     def carries(self, agent_id: str) -> bool:
@@ -189,6 +248,29 @@ class UsageIndex:
                 tree._remove_agent(node, key)
         for node in path:
             tree._add_agent(node, key)
+
+
+def _common_prefix(left: list[list[int]], right: list[list[int]]) -> int:
+    """Tokens the concatenations of two lists of token chunks share from their start."""
+    a = b = 0
+    i = j = 0
+    shared = 0
+    while i < len(left) and j < len(right):
+        x, y = left[i], right[j]
+        n = min(len(x) - a, len(y) - b)
+        if x[a:a + n] != y[b:b + n]:
+            k = 0
+            while x[a + k] == y[b + k]:
+                k += 1
+            return shared + k
+        shared += n
+        a += n
+        b += n
+        if a == len(x):
+            i, a = i + 1, 0
+        if b == len(y):
+            j, b = j + 1, 0
+    return shared
 
 
 def _depth(node: RadixNode) -> int:

@@ -152,7 +152,8 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
-        """A named dummy shape: ``tiny-llama`` (byte-tokenizer vocabulary) or ``llama3-8b``."""
+        """A named dummy shape: ``tiny-llama`` (byte-tokenizer vocabulary) or ``llama3-8b``
+        (Llama-3.1-8B: 131,072 tokens of context, llama3 rope scaling)."""
         try:
             return copy.deepcopy(PRESETS[name])
         except KeyError:
@@ -228,9 +229,15 @@ PRESETS: dict[str, ModelConfig] = {
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096,
         bos_token_id=256, eos_token_id=[257]),
+    # Llama-3.1-8B's shape: 128k context with llama3 rope scaling (config.json of
+    # meta-llama/Llama-3.1-8B-Instruct). Nothing is sized by the context length up front: RoPE is
+    # computed per step for the batch's positions, and the decode graphs' page tables hold
+    # min(context / page_size, device pages) ids per row (8192 x 8 bytes at page size 16).
     "llama3-8b": ModelConfig(
         architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192,
-        bos_token_id=128000, eos_token_id=[128001, 128009]),
+        rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=[128001, 128008, 128009]),
 }

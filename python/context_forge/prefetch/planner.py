@@ -12,9 +12,13 @@ Due agents of a workflow, for a look-ahead of ``k`` steps:
   ``steps`` is one less than the smallest horizon ``j <= k`` at which that probability reaches
   ``min_prob`` (the next call is step 0, like a ready agent of a graph); ties by probability.
 
-An agent's target node is the last node its requests inserted in this workflow; failing that,
-the top-level node (child of the root) of the last prompt the agent inserted in any workflow:
-a shared system prompt or agent preamble that a new instance will reuse.
+An agent's target node comes from the same tags the eviction rank reads (`cache.usage`): the end
+of the path its scoped key ``(workflow, agent)`` holds (the prefix its next request in this
+instance extends), else the end of the path its bare key holds (the KV the agent shares across
+instances: a system prompt, a team preamble, a persona's carried memory), so that a due agent of
+a new instance gets its shared prompt loaded. Trees without those tags (policies that rank by no
+user) fall back to the last node the agent's requests inserted in this workflow, then to the
+top-level node of the last prompt the agent inserted anywhere.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from context_forge.cache.node import RadixNode
 from context_forge.cache.radix import RadixTree
 from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.scope import scope_key
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,12 @@ class PrefetchPlanner:
 
     def target_node(self, workflow_id: str, agent_id: str) -> RadixNode | None:
         """The node to load for ``agent_id`` in ``workflow_id`` (see the module docstring)."""
+        usage = getattr(self.tree, "usage", None)
+        if usage is not None and usage.rules:
+            for key in (scope_key(workflow_id, agent_id), agent_id):
+                node = usage.deepest(key)
+                if node is not None and node_is_live(node, self.tree.page_size):
+                    return node
         node = self._last.get((workflow_id, agent_id))
         if node is not None and node_is_live(node, self.tree.page_size):
             return node

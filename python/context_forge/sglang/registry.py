@@ -18,7 +18,7 @@ from context_forge.sglang.declared import DeclaredSteps
 from context_forge.sglang.metadata import WorkflowMeta
 from context_forge.sglang.settings import PluginSettings
 from context_forge.workflow.predictor import MarkovPredictor
-from context_forge.workflow.priority import AgentPriority, BlendedPriority, LiveWorkflows
+from context_forge.workflow.priority import AgentPriority, AnyInstancePriority, BlendedPriority, LiveWorkflows
 
 __all__ = ["WorkflowRegistry", "get_registry", "set_registry"]
 
@@ -44,11 +44,13 @@ class WorkflowRegistry:
             )
         self.live = LiveWorkflows(predictor=predictor, weight=self.settings.blend_weight)
         self.declared = DeclaredSteps()
-        self._priority: AgentPriority = (
+        live: AgentPriority = (
             self.declared
             if self.settings.priority == "steps"
             else BlendedPriority(self.declared, self.live.predictor_priority, self.settings.blend_weight)
         )
+        # The engine's rank: an agent's next use by any instance, live or expected to start.
+        self._priority: AgentPriority = AnyInstancePriority(live, self.live.recurrence)
         self._requests: dict[str, _Running] = {}
         self._activity: OrderedDict[str, int] = OrderedDict()
         self._final: set[str] = set()
@@ -108,7 +110,8 @@ class WorkflowRegistry:
 
     # ----- queries ---------------------------------------------------------------------------
     def priority(self, agent_id: str) -> float:
-        """Expected steps until the agent runs (lower = more urgent, inf = not expected)."""
+        """Expected steps until the agent runs in any instance, live or expected to start (lower =
+        more urgent, inf = not expected)."""
         return self._priority.priority(agent_id)
 
     def is_running(self, agent_id: str) -> bool:

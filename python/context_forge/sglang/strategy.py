@@ -1,9 +1,11 @@
 """The ``workflow`` eviction strategy for SGLang's radix tree.
 
-SGLang evicts the node with the smallest ``get_priority`` first. A node's urgency is the most
-urgent (fewest steps-to-execution) agent among those that used it or a descendant; agents beyond
-``evict_pri_level`` steps, and nodes no workflow agent used, share the farthest tier, evicted
-first. Within a tier the least recently used node goes first.
+SGLang evicts the node with the smallest ``get_priority`` first. A node's rank is the nearest
+next use (fewest expected steps, by any live or expected instance: `WorkflowRegistry.priority`)
+among the agents that used it or a descendant; ranks fall into the engine's levels
+(`context_forge.cache.policy.rank_level`: exact up to ``evict_pri_level``, geometric bands
+beyond, nodes no agent is expected to use evicted first). Within a level the least recently used
+node goes first.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 
+from context_forge.cache.policy import rank_level
 from context_forge.sglang.registry import WorkflowRegistry, get_registry
 from context_forge.sglang.tags import agents_of
 
@@ -21,7 +24,7 @@ POLICY_NAME = "workflow"
 
 
 class WorkflowStrategy(EvictionStrategy):
-    """Order: (farthest steps tier first, then least recently used).
+    """Order: (farthest rank level first, then least recently used).
 
     ``evict_pri_level`` may come from ``--radix-eviction-policy-config``; otherwise the
     registry's settings give it. Construction happens inside SGLang's tree core, so the registry
@@ -56,5 +59,4 @@ class WorkflowStrategy(EvictionStrategy):
         return min((registry.priority(a) for a in agents_of(node)), default=math.inf)
 
     def get_priority(self, node: Any) -> tuple[float, float]:
-        tier = min(self.steps(node), float(self.evict_pri_level + 1))
-        return (-tier, node.last_access_time)
+        return (-rank_level(self.steps(node), float(self.evict_pri_level)), node.last_access_time)

@@ -32,7 +32,8 @@ from context_forge.cache import (
     CountingTransfer, LoadTicket, PagePool, PolicyContext, RadixCache, RadixNode, build_policy, policy_class,
 )
 from context_forge.trace.records import Trace
-from context_forge.prefetch.planner import PlannerConfig, PrefetchPlanner
+from context_forge.prefetch.guard import PrefetchGuard
+from context_forge.prefetch.planner import PlannerConfig, PrefetchPlanner, host_only_pages
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
 from context_forge.workflow.scope import scope_key
@@ -71,6 +72,9 @@ class SimConfig:
     chunked_prefill_size: int = 8192
     max_running: int = 256
     prefetch_min_prob: float = 0.3
+    prefetch_budget: float = 0.25
+    """Fraction of the device pool that protected (landed, not yet used) prefetches may hold; 0
+    turns protection off (prefetched KV is then evictable as soon as it lands)."""
     scope_by_workflow: bool = True
     """Tag nodes with (workflow, agent) and rank them by cache.usage's rules (see workflow.scope);
     False tags bare agent names on every node a request uses (an ablation: no per-instance ranks)."""
@@ -84,6 +88,8 @@ class SimConfig:
             raise ValueError(f"host_tokens must be >= 0, got {self.host_tokens}")
         if self.load_ahead_step < 0:
             raise ValueError(f"load_ahead_step must be >= 0, got {self.load_ahead_step}")
+        if not 0.0 <= self.prefetch_budget <= 1.0:
+            raise ValueError(f"prefetch_budget must be in [0, 1], got {self.prefetch_budget}")
 
 
 @dataclass
@@ -157,6 +163,7 @@ class Simulator:
         self.planner = PrefetchPlanner(self.workflows, self.cache, PlannerConfig(
             self.cfg.load_ahead_step, use_predictor=policy_class(self.cfg.policy).plans_undeclared,
             min_prob=self.cfg.prefetch_min_prob))
+        self.guard = PrefetchGuard(self.cache, int(self.cfg.prefetch_budget * self.cache.device_pool.capacity))
         self.send_time = [0.0] * len(self.reqs)
         self.done = 0
         while self.done < len(self.reqs):
@@ -177,6 +184,7 @@ class Simulator:
                 f"request {head.id if head else '?'} cannot be admitted: it needs "
                 f"{self._pages_needed(self.waiting[0]) if head else '?'} device pages, the device holds "
                 f"{self.cache.device_pool.capacity}")
+        self.guard.release_all()
         self.stats.prefetch_wasted_tokens += len(self.prefetched) * self.cfg.page_size
         self.prefetched.clear()
         self.cache.check(external_device_pages=0)
@@ -234,12 +242,15 @@ class Simulator:
                 m = cache.match(tokens, touch=False)
             cached = m.device_len
             own = cache.alloc_device(self._pages_needed(i) - cached // ps)
+            while own is None and self.guard.release_oldest():
+                own = cache.alloc_device(self._pages_needed(i) - cached // ps)
             if own is None:
                 cache.unlock(m.last_node)
                 if self.oracle is not None:
                     self.oracle.unstart(i, tokens, self.oracle.times[i])
                 break
             self.waiting.popleft()
+            self.guard.claimed_by(r.workflow_id, r.agent_id)
             prefetch_hit = 0
             if self.prefetched:
                 used = self.prefetched.intersection(m.device_pages)
@@ -335,6 +346,7 @@ class Simulator:
         self.wf_left[wf] -= 1
         if self.wf_left[wf] == 0:
             self.workflows.finish(wf)
+            self.guard.replanned(wf, ())
         for c in self.children[i]:
             self.deps_left[c] -= 1
             if self.deps_left[c] == 0:
@@ -345,12 +357,19 @@ class Simulator:
     # ------------------------------------------------------------------ prefetch
     def _prefetch(self, wf: str) -> None:
         """Background-load the host-only KV of agents due soon (the engine's planner), sharing the
-        host->device link in order; each load may only evict nodes ranked below its target."""
-        cache = self.cache
+        host->device link in order; each load may only evict nodes ranked below its target. A landed
+        prefetch stays protected until its request is admitted or its agent is no longer due
+        (``PrefetchGuard``); one that would not fit the guard's budget is not issued."""
+        cache, guard = self.cache, self.guard
+        guard.replanned(wf, {d.agent_id for d in self.planner.due_agents(wf)})
         for target in self.planner.targets(wf):
+            if guard.budget_pages and not guard.room(host_only_pages(target.node)):
+                continue
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
                 continue
+            if guard.budget_pages:
+                guard.protect(id(plan.ticket), wf, target.agent_id, target.node, len(plan.device_pages))
             start = max(self.now, self.link_free)
             self.link_free = plan.ticket.ready_at = start + self.cost.load_time(plan.tokens)
             heapq.heappush(self.loads, (self.link_free, id(plan.ticket), plan.ticket, plan.nodes))

@@ -44,8 +44,9 @@ workflow after workflow.
   ``--shape fanout`` planner -> 4 workers -> reducer -> critic, or ``--shape chain`` of 5 agents;
   arrivals exponential, 1.25 s apart on average (4-6 instances in flight when replayed). Prompt =
   ``team/preamble`` (512, all agents) + ``sys/<agent>`` (1024-4096 per agent, shared by every
-  instance) + ``<wf>/task`` (300) + history + input (200; outputs 100). 280 requests, ~0.13M
-  tokens (chain: 200 requests, ~0.11M).
+  instance) + ``<wf>/task`` (300) + history + input (200; outputs 100); each instance runs the
+  template twice (``--rounds 2``: a revision pass). 560 requests, ~0.23M tokens (chain: 400
+  requests, ~0.21M).
 - ``rounds``: 120 agents, 60 rounds, each declared as workflow ``round-<r>`` holding its 8 actors
   (Zipf(1.1) popularity, an actor of the last round acts again with probability 0.5; optional
   ``--reactors`` depending on the others). Prompt = ``world`` (1024) + ``sys/<agent>`` (1536) +

@@ -75,7 +75,7 @@ class TemplateParams(RecurringParams):
     instances: int = param(40, "instances of the template (one workflow each)", 1)
     workers: int = param(4, "fanout: parallel workers", 1)
     chain_length: int = param(5, "chain: agents in the chain", 1)
-    rounds: int = param(1, "passes through the template per instance", 1)
+    rounds: int = param(2, "passes through the template per instance (2: one revision pass)", 1)
     system_spread: float = param(0.6, "system prompt lengths span system_tokens * (1 +- this)", 0, 1)
     preamble_tokens: int = param(512, "tokens of team/preamble before every system prompt (0: none)", 0)
     task_tokens: int = param(300, "mean tokens of an instance's task", 1)

@@ -307,6 +307,24 @@ class MarkovPredictor:
         steps = np.arange(horizon + 1, dtype=np.float64) @ first + (horizon + 1) * survive[-1]
         return dict(zip(self._vocab, steps.tolist()))
 
+    def reach_steps_all(self, workflow_id: str, horizon: int = 8) -> dict[str, float]:
+        """Per known agent, the distance to its next call weighted by how likely it comes:
+        ``(E[T | T <= horizon] + 1) / P(T <= horizon) - 1`` for the step ``T`` of its first call
+        (0 = the next call). A sure call at step k gives k; a call that comes only with
+        probability p counts ``1/p`` times as far (``math.inf`` when it cannot come within
+        ``horizon``), so an unlikely agent ranks beyond a likely later one, as a cache needs."""
+        _check_count(horizon, "horizon", 0)
+        if not self._vocab:
+            return {}
+        p, survive = self._table(workflow_id, horizon + 1)
+        first = survive[:-1] * p
+        reach = first.sum(axis=0)
+        mean = np.arange(horizon + 1, dtype=np.float64) @ first
+        out = {}
+        for agent, r, m in zip(self._vocab, reach.tolist(), mean.tolist()):
+            out[agent] = math.inf if r <= 1e-12 else (m / r + 1.0) / r - 1.0
+        return out
+
     def expected_steps(self, workflow_id: str, agent_id: str, horizon: int = 8) -> float:
         """Expected number of calls before `agent_id` is called (the next call is step 0),
         truncated at `horizon`: never reaching it counts as horizon + 1, as does an unknown agent."""

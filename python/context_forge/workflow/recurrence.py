@@ -17,7 +17,11 @@ per agent, from the stream of request starts:
 ``future_steps(a) = position + max(gap, elapsed) / tau``, where ``elapsed`` is the ticks since a
 workflow last called ``a`` for the first time: a steady stream is expected one gap after the last
 arrival, and an agent that has gone quiet for longer than its gap drifts away as the silence grows.
-An agent that only one workflow has called has no gap: ``math.inf`` (not expected again).
+An agent that only one workflow has called has no gap of its own; it borrows the population's:
+``first_gap / p``, where ``first_gap`` is the mean ticks from agents' first to second workflow and
+``p`` the fraction of agents seen so far that a second workflow called (a population where few
+agents recur ranks a newcomer far, one where most recur ranks it near its peers). Before any agent
+recurred, such an agent is ``math.inf`` (not expected again).
 
 Within one undeclared workflow an agent may also recur (the personas of a single-workflow
 simulation): ``within_steps(w, a)`` is the workflow's own calls between its calls of ``a`` (moving
@@ -65,17 +69,19 @@ class _Stream:
     gap: float = math.nan
     position: float = 0.0
 
-    def value(self, now: int, tau: float) -> float:
-        if math.isnan(self.gap):
+    def value(self, now: int, tau: float, prior: float = math.nan) -> float:
+        gap = prior if math.isnan(self.gap) else self.gap
+        if math.isnan(gap):
             return math.inf
-        wait = max(self.gap, float(now - self.last))
+        wait = max(gap, float(now - self.last))
         return quantize(max(self.position + wait / tau, 0.0))
 
-    def due(self, now: int, tau: float) -> int:
+    def due(self, now: int, tau: float, prior: float = math.nan) -> int:
         """The first tick after ``now`` at which `value` may differ (it grows only with silence)."""
-        current = self.value(now, tau)
+        gap = prior if math.isnan(self.gap) else self.gap
+        current = self.value(now, tau, prior)
         wait = (_next_grid(current) - self.position) * tau
-        return max(self.last + math.floor(max(self.gap, wait)) + 1, now + 1)
+        return max(self.last + math.floor(max(gap, wait)) + 1, now + 1)
 
 
 @dataclass
@@ -107,6 +113,10 @@ class Recurrence:
         self._wakeups: list[tuple[int, str]] = []
         self._hub = ChangeHub()
         self._scoped_hub = ChangeHub()
+        self._first_gap = math.nan
+        self._once: set[str] = set()
+        self._recurred = 0
+        self._prior_published = math.nan
 
     # ---- learning ------------------------------------------------------------------------
 
@@ -179,20 +189,45 @@ class Recurrence:
         stream = self._agents.get(agent)
         if stream is None:
             self._agents[agent] = _Stream(self.clock, position=position)
+            self._once.add(agent)
+            self._update_prior()
+            self._publish(agent)
             return
+        if math.isnan(stream.gap):
+            self._once.discard(agent)
+            self._recurred += 1
+            self._first_gap = self._ema(self._first_gap, float(self.clock - stream.last))
+            self._update_prior()
         stream.gap = self._ema(stream.gap, float(self.clock - stream.last))
         stream.position = self._ema(stream.position, position)
         stream.last = self.clock
         self._publish(agent)
 
+    def _update_prior(self) -> None:
+        """Republish the agents seen once when the population's prior gap moved by a quarter."""
+        prior = self._prior()
+        old = self._prior_published
+        if math.isnan(old) or abs(prior - old) > 0.25 * old:
+            self._prior_published = prior
+            for agent in list(self._once):
+                self._publish(agent)
+
+    def _prior(self) -> float:
+        """Expected ticks to a second workflow for an agent seen in one: ``first_gap / p``."""
+        if self._recurred == 0:
+            return math.nan
+        share = self._recurred / (self._recurred + len(self._once))
+        return self._first_gap / share
+
     def _publish(self, agent: str) -> None:
         stream = self._agents[agent]
-        value = stream.value(self.clock, self._tau_published)
-        if self._values.get(agent) != value:
+        prior = self._prior_published
+        value = stream.value(self.clock, self._tau_published, prior)
+        if self._values.get(agent, math.inf) != value:
             self._values[agent] = value
             self._hub.publish(agent)
         if not math.isinf(value):
-            due = stream.due(self.clock, self._tau_published)
+            due = stream.due(self.clock, self._tau_published, prior)
             if self._due.get(agent) != due:
                 self._due[agent] = due
                 heapq.heappush(self._wakeups, (due, agent))

@@ -1,0 +1,105 @@
+"""Prefetched KV stays on the device until its request comes: protection and a page budget.
+
+Without protection a prefetch lands, and the next admission, which evicts the lowest-ranked
+nodes, may take it again before the agent runs: the prefetch is repeated at the next replan and
+wasted again (151 of 160 prefetches with 16 concurrent workflows). `PrefetchGuard` locks the
+target node of every landed (or landing) prefetch, so only its own request, or a decision that it
+is no longer due, lets it go:
+
+- ``claimed(task)``: a request admitted with the prefetch's pages (the request now holds them);
+- ``replanned(workflow, due)``: a replan of the workflow no longer lists the prefetch's agent among
+  the due ones (the plan changed: another branch was taken), or the workflow finished (``due``
+  empty);
+- ``release_oldest()``: an admission found no room; protection never blocks a request that could
+  run without it, so the oldest protection gives way first.
+
+``budget_pages`` bounds the pages held at once (a prefetch that does not fit is not issued,
+unless nothing is held): a
+quarter of the device pool by default, so that prefetching for agents due soon never crowds out
+the requests running now. Not thread-safe: call under the lock that guards the cache.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from context_forge.cache.node import RadixNode
+from context_forge.cache.radix import RadixTree
+
+__all__ = ["PrefetchGuard"]
+
+
+@dataclass
+class _Held:
+    workflow_id: str
+    agent_id: str
+    node: RadixNode
+    pages: int
+
+
+class PrefetchGuard:
+    """Locks prefetch targets until their request is admitted (see the module docstring)."""
+
+    def __init__(self, tree: RadixTree, budget_pages: int) -> None:
+        if budget_pages < 0:
+            raise ValueError(f"budget_pages must be >= 0, got {budget_pages!r}")
+        self.tree = tree
+        self.budget_pages = budget_pages
+        self._held: OrderedDict[int, _Held] = OrderedDict()
+        self.pages = 0
+        self.released_unused = 0
+
+    def room(self, pages: int) -> bool:
+        """Whether a prefetch of ``pages`` pages fits the budget (one always does while none is
+        held, so a prompt larger than the budget can still be prefetched on its own)."""
+        return not self._held or self.pages + pages <= self.budget_pages
+
+    def protect(self, task_id: int, workflow_id: str, agent_id: str, node: RadixNode, pages: int) -> None:
+        """Hold ``node`` (and its ancestors) on the device for prefetch ``task_id``."""
+        if task_id in self._held:
+            return
+        self.tree.lock(node)
+        self._held[task_id] = _Held(workflow_id, agent_id, node, pages)
+        self.pages += pages
+
+    def holds(self, workflow_id: str, agent_id: str) -> bool:
+        return any(h.workflow_id == workflow_id and h.agent_id == agent_id for h in self._held.values())
+
+    def claimed(self, task_id: int) -> None:
+        """A request admitted with the prefetch's pages: it holds them now."""
+        self._release(task_id)
+
+    def claimed_by(self, workflow_id: str, agent_id: str) -> None:
+        """``agent_id`` of ``workflow_id`` was admitted: its prefetches are used (or moot)."""
+        for task_id, held in list(self._held.items()):
+            if held.workflow_id == workflow_id and held.agent_id == agent_id:
+                self._release(task_id)
+
+    def replanned(self, workflow_id: str, due: Collection[str]) -> None:
+        """The workflow's due agents are now ``due``: protections of other agents go."""
+        for task_id, held in list(self._held.items()):
+            if held.workflow_id == workflow_id and held.agent_id not in due:
+                self._release(task_id, unused=True)
+
+    def release_oldest(self) -> bool:
+        """Give up the oldest protection (an admission needs room); False if none is held."""
+        if not self._held:
+            return False
+        self._release(next(iter(self._held)), unused=True)
+        return True
+
+    def release_all(self) -> None:
+        while self.release_oldest():
+            pass
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def _release(self, task_id: int, unused: bool = False) -> None:
+        held = self._held.pop(task_id, None)
+        if held is None:
+            return
+        self.tree.unlock(held.node)
+        self.pages -= held.pages
+        self.released_unused += unused
