@@ -16,7 +16,10 @@ is no longer due, lets it go:
 ``budget_pages`` bounds the pages held at once (a prefetch that does not fit is not issued,
 unless nothing is held): a
 quarter of the device pool by default, so that prefetching for agents due soon never crowds out
-the requests running now. Not thread-safe: call under the lock that guards the cache.
+the requests running now, and :meth:`room` also leaves the pages that running and queued
+requests need (measured in the simulator: without that, with a fan-out of large workers at 20 %
+of the working set, 96 % of prefetched tokens were released and evicted before use and the
+makespan was 3 % above lru's). Not thread-safe: call under the lock that guards the cache.
 """
 from __future__ import annotations
 
@@ -25,9 +28,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from context_forge.cache.node import RadixNode
-from context_forge.cache.radix import RadixTree
+from context_forge.cache.tiered import RadixCache
 
-__all__ = ["PrefetchGuard"]
+__all__ = ["HEADROOM", "PrefetchGuard"]
+
+HEADROOM = 0.9
+"""Share of the device pool that busy pages plus protected prefetches may fill: the rest absorbs
+decode growth and the next arrivals without evicting a prefetch."""
 
 
 @dataclass
@@ -41,7 +48,7 @@ class _Held:
 class PrefetchGuard:
     """Locks prefetch targets until their request is admitted (see the module docstring)."""
 
-    def __init__(self, tree: RadixTree, budget_pages: int) -> None:
+    def __init__(self, tree: RadixCache, budget_pages: int) -> None:
         if budget_pages < 0:
             raise ValueError(f"budget_pages must be >= 0, got {budget_pages!r}")
         self.tree = tree
@@ -50,9 +57,17 @@ class PrefetchGuard:
         self.pages = 0
         self.released_unused = 0
 
-    def room(self, pages: int) -> bool:
-        """Whether a prefetch of ``pages`` pages fits the budget (one always does while none is
-        held, so a prompt larger than the budget can still be prefetched on its own)."""
+    def room(self, pages: int, busy_pages: int = 0) -> bool:
+        """Whether a prefetch of ``pages`` pages should be issued now.
+
+        ``busy_pages``: device pages that running requests hold and queued requests will need;
+        they are admitted before the prefetch's agent, and an admission short of room releases
+        protections, so a prefetch that does not fit beside them (with ``HEADROOM`` of the pool)
+        would be evicted before use. Within that, protections stay under ``budget_pages``; one
+        always fits while none is held, so a prompt larger than the budget can still be
+        prefetched on its own."""
+        if busy_pages + self.pages + pages > HEADROOM * self.tree.device_pool.capacity:
+            return False
         return not self._held or self.pages + pages <= self.budget_pages
 
     def protect(self, task_id: int, workflow_id: str, agent_id: str, node: RadixNode, pages: int) -> None:

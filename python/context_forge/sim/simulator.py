@@ -359,12 +359,18 @@ class Simulator:
         """Background-load the host-only KV of agents due soon (the engine's planner), sharing the
         host->device link in order; each load may only evict nodes ranked below its target. A landed
         prefetch stays protected until its request is admitted or its agent is no longer due
-        (``PrefetchGuard``); one that would not fit the guard's budget is not issued."""
+        (``PrefetchGuard``); one that would not fit beside the pages running and queued requests
+        need (``busy``: they are admitted first) or the guard's budget is not issued."""
         cache, guard = self.cache, self.guard
         guard.replanned(wf, {d.agent_id for d in self.planner.due_agents(wf)})
+        busy = None
         for target in self.planner.targets(wf):
-            if guard.budget_pages and not guard.room(host_only_pages(target.node)):
-                continue
+            if guard.budget_pages:
+                if busy is None:
+                    busy = (sum(len(r.prefix_pages) + len(r.own_pages) for r in self.running)
+                            + sum(self._pages_needed(i) for i in self.waiting))
+                if not guard.room(host_only_pages(target.node), busy):
+                    continue
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
                 continue

@@ -1,0 +1,108 @@
+"""PrefetchGuard over a real two-tier radix cache: protected KV survives eviction until its
+request, a plan change, the workflow's end or an admission short of room lets it go."""
+
+from __future__ import annotations
+
+import pytest
+from context_forge.cache import CountingTransfer, PagePool, RadixCache, get_policy
+from context_forge.prefetch.guard import HEADROOM, PrefetchGuard
+
+PS = 2
+DEVICE = 20
+
+
+def make() -> RadixCache:
+    return RadixCache(PS, PagePool(DEVICE, "device"), PagePool(64, "host"), get_policy("lru"), CountingTransfer())
+
+
+def insert(cache: RadixCache, tokens: list[int], agent: str):
+    pages = cache.alloc_device(len(tokens) // PS)
+    res = cache.insert(tokens, pages, agent)
+    cache.device_pool.free(res.redundant(pages))
+    return res.node
+
+
+def prefetched(cache: RadixCache, guard: PrefetchGuard, task: int, wf: str, agent: str, tokens: list[int]):
+    """Insert ``tokens``, push them to the host only, then load them back and protect them."""
+    node = insert(cache, tokens, agent)
+    cache.evict_device(cache.device_cached_pages)
+    assert node.device_pages is None and node.host_pages
+    plan = cache.begin_load(node)
+    assert plan is not None
+    cache.transfer.host_to_device(plan.host_pages, plan.device_pages)
+    cache.finish_loading(plan.ticket, plan.nodes)
+    guard.protect(task, wf, agent, node, len(plan.device_pages))
+    return node
+
+
+def fill_device(cache: RadixCache, start: int) -> int:
+    """Insert unrelated prompts until the device is full of other KV: how many pages they hold."""
+    held = 0
+    while cache.device_pool.num_free:
+        n = min(4, cache.device_pool.num_free)
+        insert(cache, list(range(start, start + n * PS)), "other")
+        start += n * PS
+        held += n
+    return held
+
+
+def test_protected_prefetch_survives_eviction_until_claimed() -> None:
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=10)
+    node = prefetched(cache, guard, 1, "wf", "coder", list(range(1000, 1008)))
+    fill_device(cache, 5000)
+    assert cache.evict_device(DEVICE) < DEVICE
+    assert node.device_pages is not None, "a protected prefetch was evicted"
+    guard.claimed_by("wf", "coder")
+    assert len(guard) == 0 and guard.pages == 0 and guard.released_unused == 0
+    cache.evict_device(DEVICE)
+    assert node.device_pages is None
+    cache.check(external_device_pages=0)
+
+
+@pytest.mark.parametrize("how", ["replanned", "finished", "oldest", "all"])
+def test_protection_goes_when_no_longer_due(how: str) -> None:
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=10)
+    node = prefetched(cache, guard, 7, "wf", "coder", list(range(100, 108)))
+    if how == "replanned":
+        guard.replanned("wf", {"coder"})
+        assert len(guard) == 1, "a replan that still lists the agent keeps its protection"
+        guard.replanned("wf", {"reviewer"})
+    elif how == "finished":
+        guard.replanned("other-wf", ())
+        assert len(guard) == 1
+        guard.replanned("wf", ())
+    elif how == "oldest":
+        assert guard.release_oldest()
+        assert not guard.release_oldest()
+    else:
+        guard.release_all()
+    assert len(guard) == 0 and guard.pages == 0 and guard.released_unused == 1
+    assert node.lock_ref == 0
+    cache.evict_device(DEVICE)
+    assert node.device_pages is None
+    cache.check(external_device_pages=0)
+
+
+def test_release_oldest_goes_in_protection_order() -> None:
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=20)
+    a = prefetched(cache, guard, 1, "wf", "a", list(range(100, 104)))
+    b = prefetched(cache, guard, 2, "wf", "b", list(range(200, 204)))
+    guard.release_oldest()
+    assert a.lock_ref == 0 and b.lock_ref == 1 and guard.holds("wf", "b") and not guard.holds("wf", "a")
+    guard.protect(2, "wf", "b", b, 2)
+    assert b.lock_ref == 1 and guard.pages == 2, "protecting the same task twice is a no-op"
+
+
+def test_room_budget_and_busy_pages() -> None:
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=4)
+    assert guard.room(8), "one prefetch always fits while none is held"
+    assert not guard.room(4, busy_pages=int(HEADROOM * DEVICE) - 3), "it would not fit beside busy pages"
+    prefetched(cache, guard, 1, "wf", "a", list(range(100, 106)))
+    assert guard.pages == 3
+    assert guard.room(1) and not guard.room(2)
+    with pytest.raises(ValueError, match="budget_pages"):
+        PrefetchGuard(cache, budget_pages=-1)
