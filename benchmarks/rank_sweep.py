@@ -64,7 +64,7 @@ def cases(only: str | None) -> list[tuple[str, str, str, dict[str, Any]]]:
     return out
 
 
-def run_case(case: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
+def run_case(case: tuple[str, str, str, dict[str, Any]], min_prob: float = 0.3) -> dict[str, Any]:
     group, label, kind, params = case
     t0 = time.perf_counter()
     trace = build_trace(kind, params)
@@ -86,7 +86,7 @@ def run_case(case: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
             cell["hits"][p] = r.device_hit_tokens
         for p in TWO_TIER:
             r = simulate(trace, SimConfig(policy=p, device_tokens=dev, host_tokens=host_all + dev,
-                                          page_size=PAGE_SIZE))
+                                          page_size=PAGE_SIZE, prefetch_min_prob=min_prob))
             cell["two_tier"][p] = {"makespan_s": r.makespan_s, "stall_s": r.stall_s,
                                    "prefetched_tokens": r.prefetched_tokens,
                                    "prefetch_wasted_tokens": r.prefetch_wasted_tokens,
@@ -167,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", choices=("tuned", "held_out"))
+    ap.add_argument("--prefetch-min-prob", type=float, default=0.3,
+                    help="two tiers: prefetch an undeclared workflow's agent from this probability up")
     args = ap.parse_args(argv)
     command = "python benchmarks/rank_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
     todo = cases(args.only)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(run_case, todo))
+        rows = list(pool.map(run_case, todo, [args.prefetch_min_prob] * len(todo)))
     meta = {"command": command.strip(), "machine": machine_info(sys.argv), "wall_s": time.perf_counter() - t0}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
