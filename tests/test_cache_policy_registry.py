@@ -20,6 +20,15 @@ from context_forge.trace import parse_trace
 from context_forge.trace.generators import generate
 from test_engine_generate import greedy, make_engine, prompt, run, settle, token_ids
 
+
+def path_tokens(node) -> list[int]:
+    """Token ids from the root through the end of ``node``."""
+    parts = []
+    while node.parent is not None:
+        parts.append(node.key)
+        node = node.parent
+    return [t for part in reversed(parts) for t in part]
+
 TOY = "mru"
 
 
@@ -77,7 +86,7 @@ def _put(cache: RadixCache, tokens: list[int]) -> RadixNode:
 def test_cache_evicts_by_the_toy_key(mru: type[MRUPolicy], policy: str, victim: str) -> None:
     cache = RadixCache(2, PagePool(16, "device"), None, build_policy(policy, PolicyContext()))
     nodes = {name: _put(cache, [10 * i + k for k in range(4)]) for i, name in enumerate("abc")}
-    cache.match(nodes["a"].path_tokens())  # a is now the most recently used, b the least
+    cache.match(path_tokens(nodes["a"]))  # a is now the most recently used, b the least
     assert cache.evict_device(1) == 2
     gone = [n for n, node in nodes.items() if node.device_pages is None]
     assert gone == [victim]

@@ -34,6 +34,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+
+def path_tokens(node) -> list[int]:
+    """Token ids from the root through the end of ``node``."""
+    parts = []
+    while node.parent is not None:
+        parts.append(node.key)
+        node = node.parent
+    return [t for part in reversed(parts) for t in part]
+
 from context_forge.cache import CountingTransfer, PagePool, PolicyContext, RadixCache, RadixNode, build_policy
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
@@ -207,7 +216,7 @@ def check_victim(cache: CheckedCache, victim: RadixNode) -> None:
     again = h.future_agents()
     garbage = []
     for n in candidates:
-        path = n.path_tokens()
+        path = path_tokens(n)
         users = [(wf, agent) for wf, agent, tokens in h.prompts if tokens[:len(path)] == path]
         if users and all(wf in h.finished and agent not in again for wf, agent in users):
             garbage.append(n)

@@ -87,25 +87,6 @@ class RadixNode:
                 return False
         return True
 
-    def path_tokens(self) -> list[int]:
-        """All token ids from the root through the end of this node."""
-        parts: list[list[int]] = []
-        node: RadixNode | None = self
-        while node is not None and node.parent is not None:
-            parts.append(node.key)
-            node = node.parent
-        out: list[int] = []
-        for part in reversed(parts):
-            out.extend(part)
-        return out
-
-    def depth_tokens(self) -> int:
-        n, node = 0, self
-        while node.parent is not None:
-            n += len(node.key)
-            node = node.parent
-        return n
-
     def __lt__(self, other: "RadixNode") -> bool:
         return self.id < other.id
 

@@ -85,11 +85,6 @@ class RadixCache(RadixTree):
 
     # ---------------------------------------------------------------- candidates and heaps
     @staticmethod
-    def _alive(node: RadixNode) -> bool:
-        """Deleted nodes get ``parent = None`` (the root is never a candidate)."""
-        return node.parent is not None
-
-    @staticmethod
     def _device_candidate(node: RadixNode) -> bool:
         return (node.lock_ref == 0 and node.parent is not None and not node.is_loading
                 and node.is_device_leaf())
@@ -339,12 +334,6 @@ class RadixCache(RadixTree):
         self.transfer.host_to_device(plan.host_pages, plan.device_pages)
         self.finish_loading(plan.ticket, plan.nodes)
         return plan.tokens
-
-    def set_loading(self, nodes: Sequence[RadixNode], ticket: LoadTicket) -> None:
-        """Mark nodes whose device copy is still arriving: they are not evicted until
-        :meth:`finish_loading` marks ``ticket`` done."""
-        for node in nodes:
-            node.loading = ticket
 
     def finish_loading(self, ticket: LoadTicket, nodes: Sequence[RadixNode]) -> None:
         ticket.done = True
