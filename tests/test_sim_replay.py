@@ -8,7 +8,7 @@ import pytest
 from context_forge.sim.simulator import SimConfig, SimError, Simulator, simulate
 from context_forge.trace import Trace, parse_trace
 from context_forge.trace.generators import generate
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 SMALL: dict[str, dict] = {
@@ -61,6 +61,7 @@ class RecordingSimulator(Simulator):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(kind="fanout", policy="kvflow", device_pages=0, host_ratio=2, page_size=1, load_ahead=2)
 @given(kind=st.sampled_from(sorted(SMALL)), policy=st.sampled_from(["lru", "kvflow", "pbkv", "belady"]),
        device_pages=st.integers(0, 200), host_ratio=st.sampled_from([0, 1, 2]),
        page_size=st.sampled_from([1, 16, 32]), load_ahead=st.sampled_from([0, 2]))

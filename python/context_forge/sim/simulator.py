@@ -235,6 +235,8 @@ class Simulator:
             loaded = 0
             if host_hit:
                 loaded = cache.load_back(m.last_node)
+                while not loaded and self.guard.release_oldest():
+                    loaded = cache.load_back(m.last_node)  # the request being admitted outranks a prefetch
                 if loaded:
                     before = stall
                     stall = self._on_demand_load(loaded, stall)
