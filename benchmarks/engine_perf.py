@@ -124,8 +124,9 @@ def kernel_checks(device: str) -> dict[str, Any]:
              for t, s in enumerate([5, None, 799, 100]) if s is not None)
     out["store_kv_exact"] = bool(ok and int((flat_k != 0).any(-1).any(-1).sum()) == 3)
     from context_forge.model.config import ModelConfig
-    from context_forge.model.rope import RotaryEmbedding, apply_rotary
-    rot = RotaryEmbedding(ModelConfig.preset("llama3-8b"))
+    from context_forge.attention.rope import RotaryEmbedding, apply_rotary
+    preset = ModelConfig.preset("llama3-8b")
+    rot = RotaryEmbedding(preset.head_dim, preset.rope_theta, preset.rope_scaling)
     positions = torch.randint(0, 8192, (300,), device=device)
     for dtype in (torch.bfloat16, torch.float32):
         cos, sin = rot.cos_sin(positions, dtype)

@@ -17,7 +17,7 @@ import transformers
 from context_forge.attention import AttentionMetadata
 from context_forge.engine.kv_buffer import DeviceKVBuffer
 from context_forge.model import ModelConfig, load_model
-from context_forge.model.rope import inverse_frequencies
+from context_forge.attention.rope import inverse_frequencies
 
 TOL = 1e-4
 PAGE_SIZE = 4

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from context_forge.model.config import ModelConfig
-from context_forge.model.rope import RotaryEmbedding, apply_rotary, inverse_frequencies
+from context_forge.attention.rope import RotaryEmbedding, apply_rotary, inverse_frequencies
 
 LLAMA31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
            "original_max_position_embeddings": 8192}
@@ -85,7 +85,7 @@ def test_llama3_inverse_frequencies_match_transformers() -> None:
 def test_positions_past_the_original_context_rotate_finitely_and_preserve_norms() -> None:
     cfg = ModelConfig.preset("llama3-8b")
     positions = torch.tensor([0, 8191, 8192, 65536, 131071])
-    cos, sin = RotaryEmbedding(cfg).cos_sin(positions, torch.float32)
+    cos, sin = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).cos_sin(positions, torch.float32)
     assert cos.shape == sin.shape == (5, cfg.head_dim)
     assert torch.isfinite(cos).all() and torch.isfinite(sin).all()
     x = torch.randn(5, 2, cfg.head_dim)

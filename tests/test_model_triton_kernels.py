@@ -97,13 +97,13 @@ def _check_rope() -> None:
     """In-place RoPE on a strided q/k view equals ``apply_rotary``; other heads stay untouched."""
     from context_forge.attention import triton_kernels as tk
     from context_forge.model.config import ModelConfig
-    from context_forge.model.rope import RotaryEmbedding, apply_rotary
+    from context_forge.attention.rope import RotaryEmbedding, apply_rotary
 
     for head_dim, heads, scaling in ((16, 6, None), (64, 3, None), (24, 5, {
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64})):
         config = ModelConfig.preset("tiny-llama").replace(head_dim=head_dim, rope_scaling=scaling)
-        cos, sin = RotaryEmbedding(config).cos_sin(torch.tensor([0, 5, 17, 4000, 9]), torch.float32)
+        cos, sin = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling).cos_sin(torch.tensor([0, 5, 17, 4000, 9]), torch.float32)
         qkv = torch.randn(5, heads + 2, head_dim)
         before = qkv.clone()
         expected = apply_rotary(qkv[:, :heads], cos, sin)

@@ -1,4 +1,5 @@
-"""Attention over a paged KV cache: the per-batch metadata, the backend interface and its registry.
+"""Attention over a paged KV cache: the per-batch metadata, the backend interface and its registry
+(``factory.get_attention_backend`` picks a registered backend by name).
 
 A batch is a flat list of new tokens (``input_ids``) made of consecutive runs, one per sequence, in the
 order of ``seq_lens_q``. Sequence ``i`` already has ``seq_lens_kv[i] - seq_lens_q[i]`` tokens of KV in
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 
+from context_forge.attention.rope import apply_rotary
 from context_forge.registry import Registry
 
 if TYPE_CHECKING:
@@ -244,9 +246,7 @@ class AttentionBackend(ABC):
     def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """RoPE of the model's q and k heads ``x`` ``[T, heads, head_dim]`` by the tables of
         ``RotaryEmbedding.cos_sin``; the model calls it before ``forward``. Default:
-        ``model.rope.apply_rotary`` (a new tensor); a backend may fuse it and rotate ``x`` in place."""
-        from context_forge.model.rope import apply_rotary
-
+        ``attention.rope.apply_rotary`` (a new tensor); a backend may fuse it and rotate ``x`` in place."""
         return apply_rotary(x, cos, sin)
 
 
@@ -257,32 +257,3 @@ _BACKENDS: Registry[type[AttentionBackend]] = Registry("attention backend", allo
 def register_attention_backend(name: str) -> Callable[[_B], _B]:
     """Class decorator: make a backend available to ``get_attention_backend(name)``."""
     return _BACKENDS.register(name)  # type: ignore[return-value]
-
-
-def available_attention_backends() -> list[str]:
-    _load_builtin_backends()
-    return sorted(_BACKENDS.names())
-
-
-def default_attention_backend() -> str:
-    """``triton`` when a GPU is visible and Triton imports, else ``torch_sdpa``."""
-    if torch.cuda.is_available():
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "torch_sdpa"
-        return "triton"
-    return "torch_sdpa"
-
-
-def get_attention_backend(name: str, **kwargs: object) -> AttentionBackend:
-    """A new instance of the backend registered as ``name`` (``auto``: ``default_attention_backend()``)."""
-    _load_builtin_backends()
-    if name == "auto":
-        name = default_attention_backend()
-    return _BACKENDS.lookup(name, sort_names=True)(**kwargs)
-
-
-def _load_builtin_backends() -> None:
-    import context_forge.attention.torch_sdpa  # noqa: F401  (registers itself)
-    import context_forge.attention.triton_backend  # noqa: F401

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def _load_kernels() -> ModuleType:
     try:
-        from context_forge.attention import triton_kernels
+        import context_forge.attention.triton_kernels as triton_kernels
     except ImportError as e:
         raise ValueError(f"attention backend 'triton' needs the triton package ({e}); install "
                          f"triton or use attention_backend 'torch_sdpa'") from None

@@ -12,7 +12,7 @@ share ``kv_head`` (grouped-query attention without copying K/V) over one contigu
 ``kv_lens[b]``, so the split count depends only on the batch shape (chosen to fill the GPU) and a
 row with ``kv_lens == 0`` produces zeros.
 
-Rotary embedding (``rope_inplace``) replaces ``model.rope.apply_rotary`` on GPUs: that needs a roll
+Rotary embedding (``rope_inplace``) replaces ``attention.rope.apply_rotary`` on GPUs: that needs a roll
 and two broadcasting element-wise kernels over a strided view of the qkv projection (about 12 % of a
 4k-token prefill of an 8B model); here one program per token rotates every q/k head in fp32, in place.
 

@@ -37,13 +37,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from context_forge.cache.node import RadixNode
 from context_forge.workflow.scope import split_scope
 
-if TYPE_CHECKING:
-    from .node import RadixNode
-    from .radix import RadixTree
+
+class TaggedTree(Protocol):
+    """The parts of a radix tree the usage index edits (``cache.radix.RadixTree`` is one)."""
+
+    page_size: int
+
+    def agent_nodes(self, agent_id: str) -> set[RadixNode]: ...
+
+    def _add_agent(self, node: RadixNode, agent_id: str | None) -> None: ...
+
+    def _remove_agent(self, node: RadixNode, agent_id: str) -> None: ...
+
+    def _split(self, node: RadixNode, pages: int) -> RadixNode: ...
+
 
 __all__ = ["UsageIndex"]
 
@@ -89,7 +101,7 @@ class _Carry:
 class UsageIndex:
     """Maintains the user tags of one radix tree (see the module docstring)."""
 
-    def __init__(self, tree: RadixTree, rules: bool = True) -> None:
+    def __init__(self, tree: TaggedTree, rules: bool = True) -> None:
         self.tree = tree
         self.rules = rules
         self._workflow_keys: dict[str, set[str]] = {}

@@ -9,10 +9,13 @@ grows until the character completes.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol, Sequence
 
-if TYPE_CHECKING:
-    from context_forge.model.tokenizer import Tokenizer
+
+class Decoder(Protocol):
+    """What the detokenizer needs of a tokenizer (``model.tokenizer.Tokenizer`` is one)."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
 _REPLACEMENT = "\ufffd"
 
@@ -21,7 +24,7 @@ class IncrementalDetokenizer:
     """Feed generated ids with ``add``; each call returns the newly completed text. ``flush`` returns
     whatever is still held back (e.g. a truly invalid byte) when generation ends."""
 
-    def __init__(self, tokenizer: "Tokenizer", skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Decoder, skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.ids: list[int] = []

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from context_forge.attention.base import AttentionBackend, AttentionMetadata, get_attention_backend
+from context_forge.attention.base import AttentionBackend, AttentionMetadata
+from context_forge.attention.factory import get_attention_backend
 from context_forge.model.config import ModelConfig
-from context_forge.model.rope import RotaryEmbedding
+from context_forge.attention.rope import RotaryEmbedding
 
 if TYPE_CHECKING:
     from context_forge.engine.kv_buffer import DeviceKVBuffer
@@ -133,7 +134,7 @@ class LlamaFamilyForCausalLM(nn.Module):
         self.config = config
         self.backend = (get_attention_backend(attention_backend)
                         if isinstance(attention_backend, str) else attention_backend)
-        self.rotary = RotaryEmbedding(config)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
         self.model = DecoderStack(config, self.backend, device, dtype)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device,
                                  dtype=dtype)

@@ -11,8 +11,6 @@ from typing import Any
 
 import torch
 
-from context_forge.model.config import ModelConfig
-
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
     """fp32 ``[head_dim / 2]`` inverse frequencies after the config's rope scaling."""
@@ -46,11 +44,11 @@ def _llama3(inv_freq: torch.Tensor, factor: float, low: float, high: float,
 
 
 class RotaryEmbedding:
-    """Holds the inverse frequencies (a plain object, not a module buffer, so building a model on the
+    """``RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)``. Holds the inverse frequencies (a plain object, not a module buffer, so building a model on the
     meta device never leaves it uninitialised); ``cos_sin(positions)`` gives ``[T, head_dim]`` tables."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        self._inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+    def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> None:
+        self._inv_freq = inverse_frequencies(head_dim, theta, scaling)
         self._per_device: dict[torch.device, torch.Tensor] = {}
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
