@@ -1,11 +1,34 @@
-"""Fixtures shared by the server tests: one real uvicorn server (tiny-llama on CPU) per test module,
-and an `openai` client pointed at it. The server stack is imported only when a test asks for these
-fixtures, so engine/model tests also run where fastapi or openai are not installed (the GPU box)."""
+"""Fixtures shared by the tests. Engines: ``make_engine`` (per test) and ``module_engines`` (per
+module) start real tiny-llama engines on the CPU (``engine_support.EngineFactory``; a module's
+``ENGINE_CONFIG`` dict sets its defaults) and, at teardown, shut them down and check every page came
+back. Servers: one real uvicorn server (tiny-llama on CPU) per test module, and an `openai` client
+pointed at it. The server stack is imported only when a test asks for these fixtures, so
+engine/model tests also run where fastapi or openai are not installed (the GPU box)."""
 
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+
+def _engine_factory(request: pytest.FixtureRequest) -> Any:
+    from engine_support import EngineFactory
+
+    return EngineFactory(dict(getattr(request.module, "ENGINE_CONFIG", {})))
+
+
+@pytest.fixture()
+def make_engine(request: pytest.FixtureRequest) -> Iterator[Any]:
+    factory = _engine_factory(request)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def module_engines(request: pytest.FixtureRequest) -> Iterator[Any]:
+    factory = _engine_factory(request)
+    yield factory
+    factory.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from context_forge.config import ConfigError, ServerConfig
 from context_forge.sim.simulator import SimConfig, Simulator
 from context_forge.trace import parse_trace
 from context_forge.trace.generators import generate
-from test_engine_generate import greedy, make_engine, prompt, run, settle, token_ids
+from engine_support import settle
+from test_engine_generate import greedy, prompt, run, token_ids
 
 
 def path_tokens(node) -> list[int]:
@@ -160,7 +161,7 @@ def test_config_rejects_belady_for_serving() -> None:
 # ------------------------------------------------------------------------------- engine
 
 
-def test_engine_serves_with_the_toy_policy(mru: type[MRUPolicy]) -> None:
+def test_engine_serves_with_the_toy_policy(mru: type[MRUPolicy], make_engine: Any) -> None:
     jobs = [prompt(seed, 200) for seed in range(8)]  # 8 x 200 prompt tokens > the 1,024-token pool
     ref = make_engine()
     try:

@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 
 import pytest
-from context_forge.config import ServerConfig
 from context_forge.engine.engine import Engine
 from context_forge.engine.request import GenerateOutput, GenerateRequest, SamplingParams
+from engine_support import PS, settle
 
-PS = 4
 _ids = itertools.count()
-
-
-def make_engine(**overrides) -> Engine:
-    values = {"model_path": "tiny-llama", "page_size": PS, "max_total_tokens": 1024, "chunked_prefill_size": 64,
-              "max_prefill_tokens": 256, "radix_eviction_policy": "lru", "memory_monitor": "none"}
-    values.update(overrides)
-    engine = Engine(ServerConfig(**values))
-    engine.start()
-    return engine
 
 
 def prompt(seed: int, length: int) -> list[int]:
@@ -55,26 +44,16 @@ def run_many(engine: Engine, jobs: list[tuple[list[int], SamplingParams]]) -> li
     return asyncio.run(main())
 
 
-def settle(engine: Engine) -> None:
-    """Wait until the loop has processed everything (aborts included), then check page accounting."""
-    deadline = time.monotonic() + 10
-    while engine.scheduler.has_work or engine._inbox or engine._aborts:
-        assert time.monotonic() < deadline, "engine did not go idle"
-        time.sleep(0.005)
-    engine.check_invariants()
-    assert engine.kv.in_use == 0 and engine.kv.locked_pages == 0
-
-
 @pytest.fixture(scope="module")
-def ref():
-    engine = make_engine(disable_radix_cache=True)
+def ref(module_engines):
+    engine = module_engines(disable_radix_cache=True)
     yield engine
     engine.shutdown()
 
 
 @pytest.fixture(scope="module")
-def eng():
-    engine = make_engine()
+def eng(module_engines):
+    engine = module_engines()
     yield engine
     settle(engine)
     engine.shutdown()
@@ -115,7 +94,7 @@ def test_continuous_batching_equals_sequential(eng, ref):
     settle(eng)
 
 
-def test_chunked_prefill_gives_same_outputs(ref):
+def test_chunked_prefill_gives_same_outputs(make_engine, ref):
     engine = make_engine(chunked_prefill_size=PS * 2, max_prefill_tokens=PS * 2)
     try:
         jobs = [(prompt(20 + i, 37 + i), greedy(6)) for i in range(4)]
@@ -127,7 +106,7 @@ def test_chunked_prefill_gives_same_outputs(ref):
         engine.shutdown()
 
 
-def test_preemption_when_decode_runs_out_of_pages(ref):
+def test_preemption_when_decode_runs_out_of_pages(make_engine, ref):
     engine = make_engine(max_total_tokens=PS * 24)
     try:
         jobs = [(prompt(30 + i, 10), greedy(30)) for i in range(6)]
@@ -140,7 +119,7 @@ def test_preemption_when_decode_runs_out_of_pages(ref):
         engine.shutdown()
 
 
-def test_host_hit_after_device_eviction_matches_cache_off(ref):
+def test_host_hit_after_device_eviction_matches_cache_off(make_engine, ref):
     engine = make_engine(max_total_tokens=PS * 16, enable_hierarchical_cache=True, hicache_ratio=4.0,
                          hicache_write_policy="write_back")
     try:

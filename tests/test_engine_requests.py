@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 
 import pytest
 import torch
-from context_forge.config import ServerConfig
 from context_forge.engine.engine import Engine
 from context_forge.engine.errors import InvalidRequest
 from context_forge.engine.request import GenerateOutput, GenerateRequest, SamplingParams
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
+from engine_support import PS, settle
 
-PS = 4
 _ids = itertools.count()
-
-
-def make_engine(**overrides) -> Engine:
-    values = {"model_path": "tiny-llama", "page_size": PS, "max_total_tokens": 512, "chunked_prefill_size": 64,
-              "radix_eviction_policy": "lru", "memory_monitor": "none"}
-    values.update(overrides)
-    engine = Engine(ServerConfig(**values))
-    engine.start()
-    return engine
+ENGINE_CONFIG = {"max_total_tokens": 512, "max_prefill_tokens": 16384}
 
 
 def prompt(seed: int, length: int) -> list[int]:
@@ -54,18 +44,9 @@ def text(outs: list[GenerateOutput]) -> str:
     return "".join(o.text for o in outs)
 
 
-def settle(engine: Engine) -> None:
-    deadline = time.monotonic() + 10
-    while engine.scheduler.has_work or engine._inbox or engine._aborts:
-        assert time.monotonic() < deadline, "engine did not go idle"
-        time.sleep(0.005)
-    engine.check_invariants()
-    assert engine.kv.in_use == 0 and engine.kv.locked_pages == 0
-
-
 @pytest.fixture(scope="module")
-def eng():
-    engine = make_engine()
+def eng(module_engines):
+    engine = module_engines()
     yield engine
     settle(engine)
     engine.shutdown()
@@ -186,7 +167,7 @@ def test_closing_the_stream_aborts(eng):
     settle(eng)
 
 
-def test_abort_waiting_request():
+def test_abort_waiting_request(make_engine):
     engine = make_engine(max_running_requests=1)
     try:
         async def main():
@@ -241,7 +222,7 @@ def test_length_error_names_the_numbers(eng):
         eng.generate(request([1] * 100, SamplingParams(max_tokens=4000)))
 
 
-def test_request_larger_than_the_pool_is_refused():
+def test_request_larger_than_the_pool_is_refused(make_engine):
     engine = make_engine(max_total_tokens=PS * 8)
     try:
         with pytest.raises(InvalidRequest, match="KV pages"):
@@ -273,7 +254,7 @@ def test_workflow_metadata_is_checked_and_tracked(eng):
 
 
 # ------------------------------------------------------------------ host tier round trip
-def test_device_host_device_round_trip_is_bit_exact():
+def test_device_host_device_round_trip_is_bit_exact(make_engine):
     engine = make_engine(max_total_tokens=PS * 32, enable_hierarchical_cache=True, hicache_ratio=2.0,
                          hicache_write_policy="write_back")
     try:
@@ -312,7 +293,7 @@ def test_metrics_expose_pool_pressure_and_hits(eng):
     settle(eng)
 
 
-def test_shutdown_aborts_unfinished_requests():
+def test_shutdown_aborts_unfinished_requests(make_engine):
     engine = make_engine()
 
     async def main():

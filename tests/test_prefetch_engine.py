@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import threading
 import time
 
 import pytest
 import torch
 from context_forge.cache import PagePool, RadixCache, get_policy
-from context_forge.config import ServerConfig
 from context_forge.engine.engine import Engine
 from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
 from context_forge.engine.kv_manager import KVManager
@@ -43,6 +41,8 @@ from context_forge.workflow.scope import scope_key
 PS = 4
 TOK = ByteTokenizer()
 _ids = itertools.count()
+ENGINE_CONFIG = {"max_total_tokens": PS * 48, "radix_eviction_policy": "kvflow", "enable_hierarchical_cache": True,
+                 "hicache_ratio": 4.0, "load_ahead_step": 1}
 
 
 class GatedCopier(CpuCopier):
@@ -246,17 +246,6 @@ def test_workflow_events_and_tracker_changes_trigger_prefetch():
 
 
 # ---------------------------------------------------------------- the real engine
-def make_engine(**overrides) -> Engine:
-    values = {"model_path": "tiny-llama", "page_size": PS, "max_total_tokens": PS * 48,
-              "chunked_prefill_size": 64, "max_prefill_tokens": 256, "radix_eviction_policy": "kvflow",
-              "memory_monitor": "none", "enable_hierarchical_cache": True, "hicache_ratio": 4.0,
-              "load_ahead_step": 1}
-    values.update(overrides)
-    engine = Engine(ServerConfig(**values))
-    engine.start()
-    return engine
-
-
 def generate(engine: Engine, tokens: list[int], **kw) -> list:
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
 
@@ -269,7 +258,7 @@ def ids(outs) -> list[int]:
     return [t for o in outs for t in o.token_ids]
 
 
-def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives():
+def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives(make_engine):
     engine = make_engine()
     ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
     try:
@@ -329,7 +318,7 @@ class HeldCopier(CpuCopier):
         self.released.set()
 
 
-def test_layer_wait_starts_a_request_before_its_prefix_has_landed():
+def test_layer_wait_starts_a_request_before_its_prefix_has_landed(make_engine):
     engine = make_engine(prefetch_wait_mode="layer")
     ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
     try:
@@ -372,7 +361,7 @@ def test_layer_wait_starts_a_request_before_its_prefix_has_landed():
         ref.shutdown()
 
 
-def test_layer_wait_with_a_prefetch_in_flight_gives_the_same_tokens():
+def test_layer_wait_with_a_prefetch_in_flight_gives_the_same_tokens(make_engine):
     engine = make_engine(prefetch_wait_mode="layer")
     ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
     try:
@@ -397,7 +386,7 @@ def test_layer_wait_with_a_prefetch_in_flight_gives_the_same_tokens():
         ref.shutdown()
 
 
-def test_prefetch_is_off_without_the_host_tier_or_when_disabled():
+def test_prefetch_is_off_without_the_host_tier_or_when_disabled(make_engine):
     for overrides in ({"enable_hierarchical_cache": False}, {"enable_prefetch": False}):
         engine = make_engine(**overrides)
         try:
