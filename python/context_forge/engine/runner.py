@@ -18,6 +18,8 @@ from .cuda_graph import DecodeGraphs, batch_buckets
 from .kv_buffer import DeviceKVBuffer
 
 if TYPE_CHECKING:
+    from context_forge.prefetch.meter import TransferMeter
+
     from .scheduler import ScheduledSeq
 
 DEFAULT_GRAPH_MAX_BATCH = 64
@@ -42,6 +44,8 @@ class ModelRunner:
                  graph_max_batch: int | None = None) -> None:
         self.model = model
         self.kv = kv
+        self.meter: TransferMeter | None = None
+        """Brackets every step that decodes (prefetch bandwidth during decode, ``prefetch.meter``)."""
         self.page_size = page_size
         self.device = kv.device
         self.graphs: DecodeGraphs | None = None
@@ -90,7 +94,13 @@ class ModelRunner:
             if st.kv_gates:
                 gates.extend(g for g in st.kv_gates if g not in gates)
                 st.kv_gates = []
-        return self.forward_tokens(ids, q_lens, kv_lens, tables, layer_wait=wait_all(gates) if gates else None)
+        meter = self.meter if any(s.is_decode for s in seqs) else None
+        if meter is not None:
+            meter.decode_begin()
+        out = self.forward_tokens(ids, q_lens, kv_lens, tables, layer_wait=wait_all(gates) if gates else None)
+        if meter is not None:
+            meter.decode_end()
+        return out
 
     @torch.inference_mode()
     def forward_tokens(self, token_ids: Sequence[int], seq_lens_q: Sequence[int],
