@@ -32,10 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer  # noqa: E402
-from context_forge.prefetch.copier import DEFAULT_LAYER_GROUPS, PageCopier, chunk_pages_for  # noqa: E402
-from context_forge.prefetch.ledger import PrefetchStats  # noqa: E402
-from context_forge.prefetch.meter import TransferMeter  # noqa: E402
+from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.prefetch.copier import (
+    DEFAULT_LAYER_GROUPS,
+    PageCopier,
+    chunk_pages_for,
+)
+from context_forge.prefetch.ledger import PrefetchStats
+from context_forge.prefetch.meter import TransferMeter
 
 COPIERS = ("direct", "direct-layered", "kernel")
 

@@ -46,5 +46,5 @@ def test_layer_group_units_and_pieces_reproduce_the_pages(per_unit: int) -> None
 def test_all_layer_units_copy_runs_of_consecutive_pages_at_once() -> None:
     host = torch.randn(8, LAYERS, 2, PS, HEADS, DIM)
     staging = torch.empty(4, LAYERS, 2, PS, HEADS, DIM)
-    dst, src = unit_pieces([2, 3, 4, 7], staging.unbind(0), staging, host.unbind(0), host, 0, LAYERS)
+    _dst, src = unit_pieces([2, 3, 4, 7], staging.unbind(0), staging, host.unbind(0), host, 0, LAYERS)
     assert [s.shape[0] if s.dim() == host.dim() else 1 for s in src] == [3, 1]

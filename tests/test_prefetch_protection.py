@@ -25,7 +25,13 @@ from context_forge.engine.request import GenerateRequest, SamplingParams
 from context_forge.engine.scheduler import Scheduler
 from context_forge.engine.workflows import SharedWorkflows
 from context_forge.model.tokenizer import ByteTokenizer
-from context_forge.prefetch import ControllerConfig, CpuCopier, ObservedPagePool, PlannerConfig, TaskState
+from context_forge.prefetch import (
+    ControllerConfig,
+    CpuCopier,
+    ObservedPagePool,
+    PlannerConfig,
+    TaskState,
+)
 from context_forge.prefetch.service import WorkflowPrefetcher
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
 

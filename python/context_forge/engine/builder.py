@@ -10,7 +10,12 @@ from typing import Any
 import torch
 
 from context_forge.cache.node import RadixNode
-from context_forge.cache.policy import EvictionPolicy, PolicyContext, build_policy, policy_class
+from context_forge.cache.policy import (
+    EvictionPolicy,
+    PolicyContext,
+    build_policy,
+    policy_class,
+)
 from context_forge.cache.pool import PagePool
 from context_forge.cache.tiered import RadixCache
 from context_forge.config import ServerConfig

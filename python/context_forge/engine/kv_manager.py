@@ -32,7 +32,6 @@ from context_forge.cache.node import RadixNode
 from context_forge.cache.pool import PagePool
 from context_forge.cache.radix import MatchResult
 from context_forge.cache.tiered import RadixCache
-
 from context_forge.workflow.scope import scope_key
 
 from .req_state import ReqState

@@ -7,7 +7,8 @@ larger than the biggest graph, and steps that must wait per layer for KV still l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,7 +54,7 @@ class ModelRunner:
             max_batch = (graph_max_batch or getattr(config, "cuda_graph_max_bs", None)
                          or min(DEFAULT_GRAPH_MAX_BATCH,
                                 getattr(config, "max_running_requests", None) or DEFAULT_GRAPH_MAX_BATCH))
-            context = int(getattr(config, "context_length", None) or getattr(model, "config").context_len)
+            context = int(getattr(config, "context_length", None) or getattr(model, "config").context_len)  # noqa: B009
             max_pages = min(-(-context // page_size), kv.num_pages)
             self.graphs = DecodeGraphs(model, kv, page_size, batch_buckets(max_batch), max_pages)
             self.graphs.capture()
@@ -76,7 +77,7 @@ class ModelRunner:
     def uses_cuda_graph(self) -> bool:
         return self.graphs is not None
 
-    def forward(self, seqs: list["ScheduledSeq"]) -> torch.Tensor:
+    def forward(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
         """Logits ``[len(seqs), vocab]`` (fp32) of each sequence's last fed token."""
         ps = self.page_size
         ids: list[int] = []
