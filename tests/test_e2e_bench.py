@@ -162,6 +162,24 @@ def test_metrics_difference_and_bandwidths() -> None:
         prom.parse("lonely_name_without_value")
 
 
+def test_load_stall_and_protection_counters_reach_the_report() -> None:
+    delta = {"load_stall_seconds_total": 0.25, "prefetch_stall_seconds_total": 0.25, "demand_loads_total": 3,
+             "prefetch_released_unused_total": 2, "prefetch_over_budget_total": 5, "prefetch_issued_total": 10,
+             "prefetch_bytes_total": 4e9, "prefetch_copy_seconds_total": 0.1,
+             "prefetch_decode_copy_bytes_total": 2e9, "prefetch_decode_copy_seconds_total": 0.05}
+    stats = prom.cache_stats(delta)
+    assert (stats["load_stall_s"], stats["demand_loads"]) == (0.25, 3)
+    assert (stats["prefetch_released_unused"], stats["prefetch_over_budget"]) == (2, 5)
+    assert stats["prefetch_gbps"] == 40.0 and stats["prefetch_decode_gbps"] == 40.0
+    old = prom.cache_stats({"prefetch_stall_seconds_total": 0.5})
+    assert old["load_stall_s"] == 0.5, "an older server's stall counter stands in"
+    results = _results({("lru", "peer-16k-25"): 10.0, ("kvflow", "peer-16k-25"): 5.0,
+                        ("unbounded", "peer-16k"): 4.0}, cache=stats)
+    assert report.stall_share(results["runs"][0]) == pytest.approx(0.025)
+    table = "\n".join(report.loads_table(results))
+    assert "| 2 / 5 | 3, " in table and "(40.0; 40.0)" in table
+
+
 # ----------------------------------------------------------------------------- report
 def _results(spans: dict[tuple[str, str], float], cache: dict | None = None) -> dict:
     cells = {"peer-16k-25": {"trace": "peer-16k", "workload": "peer", "fraction": 0.25, "system_tokens": 16384,

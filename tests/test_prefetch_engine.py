@@ -387,11 +387,18 @@ def test_layer_wait_with_a_prefetch_in_flight_gives_the_same_tokens(make_engine)
 
 
 def test_prefetch_is_off_without_the_host_tier_or_when_disabled(make_engine):
-    for overrides in ({"enable_hierarchical_cache": False}, {"enable_prefetch": False}):
-        engine = make_engine(**overrides)
-        try:
-            assert engine.prefetch is None
-            assert len(ids(generate(engine, prompt(21, 9)))) == 4
-        finally:
-            engine.shutdown()
+    engine = make_engine(enable_hierarchical_cache=False)
+    try:
+        assert engine.prefetch is None, "no host tier: no loader at all"
+        assert len(ids(generate(engine, prompt(21, 9)))) == 4
+    finally:
+        engine.shutdown()
+    engine = make_engine(enable_prefetch=False)
+    try:
+        pf = engine.prefetch
+        assert pf is not None and not pf.plans, "the loader stays (on-demand loads), planning is off"
+        assert pf.controller.protection is None
+        assert len(ids(generate(engine, prompt(21, 9)))) == 4
+    finally:
+        engine.shutdown()
 

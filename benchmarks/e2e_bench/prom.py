@@ -32,6 +32,10 @@ CACHE_STATS: dict[str, str] = {
     "prefetch_wasted": "prefetch_wasted_total",
     "prefetch_bytes": "prefetch_bytes_total",
     "prefetch_stall_s": "prefetch_stall_seconds_total",
+    "load_stall_s": "load_stall_seconds_total",
+    "demand_loads": "demand_loads_total",
+    "prefetch_released_unused": "prefetch_released_unused_total",
+    "prefetch_over_budget": "prefetch_over_budget_total",
     "aborted_requests": "aborted_requests_total",
 }
 """Name in the results -> sample key in ``/metrics`` without the ``context_forge_`` prefix."""
@@ -47,7 +51,7 @@ TIMING_STATS: dict[str, str] = {
 seconds the on-demand host->device loads took and their bytes, seconds the prefetch copies took,
 and the bytes and seconds of prefetch copies that ran while a decode step did."""
 
-SECONDS = {"prefetch_stall_s"}
+SECONDS = {"prefetch_stall_s", "load_stall_s"}
 
 
 @dataclass
@@ -118,6 +122,8 @@ def cache_stats(delta: dict[str, float], page_bytes: int = 0) -> dict[str, Any]:
         stats[name] = round(value, 4) if name in SECONDS else round(value)
     for name, key in TIMING_STATS.items():
         stats[name] = round(delta[key], 6) if key in delta else None
+    if "load_stall_seconds_total" not in delta:  # an older server: its stall counter is the same sum
+        stats["load_stall_s"] = stats["prefetch_stall_s"]
     load_bytes = stats["load_back_bytes"]
     if load_bytes is None and page_bytes:
         load_bytes = stats["load_back_pages"] * page_bytes

@@ -112,9 +112,16 @@ def wasted_share(run: dict[str, Any] | None) -> float | None:
     return None if not issued else (c.get("prefetch_wasted") or 0) / issued
 
 
+def stall_seconds(run: dict[str, Any] | None) -> float | None:
+    """Seconds requests waited for loads (``load_stall_seconds_total``; older results: the prefetch
+    stall counter, the same sum)."""
+    c = cache(run)
+    return c.get("load_stall_s", c.get("prefetch_stall_s"))
+
+
 def stall_share(run: dict[str, Any] | None) -> float | None:
     span = makespan(run)
-    stall = cache(run).get("prefetch_stall_s")
+    stall = stall_seconds(run)
     return None if span is None or stall is None else stall / span
 
 
@@ -169,9 +176,10 @@ def speedup_table(results: dict[str, Any]) -> list[str]:
 def loads_table(results: dict[str, Any]) -> list[str]:
     runs = ok_runs(results)
     lines = [("| cell | run | makespan (s) | load stall (s, % of makespan) | prefetch issued / completed / wasted "
-              "(wasted %) | on-demand loads: GB (GB/s) | prefetch: GB (GB/s; during decode GB/s) | device hit "
+              "(wasted %) | protection: released unused / over budget | on-demand loads: count, GB (GB/s) "
+              "| prefetch: GB (GB/s; during decode GB/s) | device hit "
               "| host hit | prefetch hit | recomputed / unavoidable | evicted device pages |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in cell_order(results):
         v = CellView(results, runs, name)
         for r in run_names(results):
@@ -179,11 +187,13 @@ def loads_table(results: dict[str, Any]) -> list[str]:
             if run is None:
                 continue
             c = cache(run)
-            stall = c.get("prefetch_stall_s")
+            stall = stall_seconds(run)
             prefetch = " / ".join(_num(c.get(k)) for k in ("prefetch_issued", "prefetch_completed", "prefetch_wasted"))
+            guard = " / ".join(_num(c.get(k)) for k in ("prefetch_released_unused", "prefetch_over_budget"))
             lines.append(
                 f"| {name} | {r} | {_num(makespan(run))} | {_num(stall, 3)} ({_pct(stall_share(run), 1)}) "
-                f"| {prefetch} ({_pct(wasted_share(run))}) | {_num(c.get('load_back_gb'), 3)} "
+                f"| {prefetch} ({_pct(wasted_share(run))}) | {guard} | {_num(c.get('demand_loads'))}, "
+                f"{_num(c.get('load_back_gb'), 3)} "
                 f"({_gbps(c.get('load_back_gbps'))}) | {_num(c.get('prefetch_gb'), 3)} ({_gbps(c.get('prefetch_gbps'))}; "
                 f"{_gbps(c.get('prefetch_decode_gbps'))}) | {_num(c.get('device_hit_tokens'))} "
                 f"| {_num(c.get('host_hit_tokens'))} | {_num(c.get('prefetch_hit_tokens'))} "
@@ -278,9 +288,13 @@ def notes(results: dict[str, Any]) -> list[str]:
         "prefills (radix-level count from the trace).",
         "- Servers are shared by cells with (nearly) the same pool; each replay has its own namespace of "
         "segment, workflow, agent and request ids, so nothing cached by one replay hits in another.",
-        "- Load stall: seconds requests waited for their prefix to land (`prefetch_stall_seconds_total`, "
-        "summed over requests). lru without the loader loads synchronously inside admission, which that "
-        "counter does not see.",
+        "- Load stall: seconds requests waited in the queue for their prefix to land (`load_stall_seconds_total`, "
+        "summed over requests; older results: `prefetch_stall_seconds_total`). Every policy, lru included, "
+        "loads through the same batched loader, so lru's on-demand loads are counted the same way; with "
+        "`prefetch_wait_mode: layer` the wait inside the forward pass is not in it.",
+        "- Protection: `released unused` counts prefetch protections given up before their request came "
+        "(replan, workflow end, an admission short of room); `over budget` counts prefetches skipped because "
+        "they would not fit beside the busy pages and the `prefetch_budget`.",
     ]
     if results.get("bench_server_args", {}).get("pressure_thresholds"):
         out.append("- Memory-pressure modes are off (thresholds moved to 99.96-99.99 % held): the pools are "

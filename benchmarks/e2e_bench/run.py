@@ -480,7 +480,7 @@ class Bench:
             it.trace.footprint.warm_tokens if self.s.warm_system_prompts else 0), 0)
         print(f"  {label}: makespan {summary['makespan_s']:.2f} s, recomputed {cache['uncached_prompt_tokens']} "
               f"(unavoidable {cache['unavoidable_tokens']}), host hit {cache['host_hit_tokens']}, "
-              f"stall {cache['prefetch_stall_s']:.2f} s, prefetch {cache['prefetch_issued']} issued / "
+              f"stall {cache['load_stall_s']:.2f} s, prefetch {cache['prefetch_issued']} issued / "
               f"{cache['prefetch_wasted']} wasted", flush=True)
         records = [[r.agent_id.split(".", 1)[-1], round(r.sent_s, 4), None if r.first_token_s is None
                     else round(r.first_token_s, 4), round(r.finished_s, 4), r.prompt_tokens, r.cached_tokens]

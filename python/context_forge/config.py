@@ -89,8 +89,9 @@ class ServerConfig:
     predictor_smoothing: float = _opt(0.1, "pbkv: additive smoothing of the next-agent Markov predictor.")
     predictor_path: str | None = _opt(None, "pbkv: JSON Lines file of predictor counts to start from.")
     enable_prefetch: bool = _opt(True, "Load KV of upcoming agents from host before their requests arrive (needs enable_hierarchical_cache).")
+    prefetch_budget: float = _opt(0.25, "Share of the device pool that landed prefetches may hold protected (from eviction until their agent's request is admitted, the agent is no longer due or its workflow ends); a prefetch that does not fit beside it and the pages running and queued requests need is skipped; 0 = no protection, no budget.")
     prefetch_wait_mode: Literal["request", "layer"] = _opt("request", "A request whose prefix is still loading waits in the queue until the whole load has landed (request), or starts once the load is issued and its forward pass waits for each layer's KV (layer).")
-    hicache_io_backend: Literal["auto", "kernel", "direct"] = _opt("auto", "GPU host->device loads: kernel (a Triton kernel reads pinned host memory layer by layer: per-layer waits, interrupts between layers; falls back to direct where it cannot run), direct (copy-engine copies of page chunks through a staging buffer: less interference with CUDA-graph decode), auto = kernel with prefetch_wait_mode layer, else direct.")
+    hicache_io_backend: Literal["auto", "kernel", "direct"] = _opt("auto", "GPU host->device loads (prefetches and on-demand loads of every policy): direct (copy-engine copies of whole pages into a device staging buffer, then a device-side scatter into the page slots; with prefetch_wait_mode layer in layer groups, so loads land layer by layer; no SM-resident kernel, so decode keeps its SMs), kernel (a Triton kernel on a side stream reads pinned host memory layer by layer: holds SMs for the whole copy; falls back to direct where it cannot run), auto = direct.")
     memory_monitor: Literal["auto", "none", "torch", "nvml", "rocm"] = _opt("auto", "Device-memory reader for pressure modes; an explicit choice fails if its package or device is missing.")
     pressure_thresholds: tuple[float, ...] = _opt(DEFAULT_THRESHOLDS, "Occupancy where NORMAL, PRESSURE, CRITICAL, EMERGENCY start: 4 increasing fractions in (0, 1).")
     pressure_hysteresis: float = _opt(DEFAULT_HYSTERESIS, "How far below a threshold occupancy must fall before the mode steps down.")
@@ -226,6 +227,7 @@ class ServerConfig:
         need(self.load_ahead_step >= 0, "load_ahead_step", "must be >= 0")
         need(self.evict_pri_level >= self.load_ahead_step, "evict_pri_level", f"must be >= load_ahead_step ({self.load_ahead_step}) so prefetched agents are not in the evict-first tier")
         need(0.0 <= self.blend_weight <= 1.0, "blend_weight", "must be in [0, 1]")
+        need(0.0 <= self.prefetch_budget <= 1.0, "prefetch_budget", "must be in [0, 1]")
         need(self.predictor_smoothing > 0.0, "predictor_smoothing", "must be > 0")
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         try:

@@ -354,6 +354,35 @@ class Metrics:
         self.prefetch_stall_seconds = counter(
             "prefetch_stall_seconds_total", "Time requests waited for an in-flight prefetch to land."
         )
+        self.prefetch_copy_seconds = counter(
+            "prefetch_copy_seconds_total", "Copy-stream time of prefetch copies (with prefetch_bytes_total: GB/s)."
+        )
+        self.prefetch_decode_copy_bytes = counter(
+            "prefetch_decode_copy_bytes_total", "Bytes of prefetch copies that ran while a decode step did."
+        )
+        self.prefetch_decode_copy_seconds = counter(
+            "prefetch_decode_copy_seconds_total", "Time prefetch copies overlapped decode steps."
+        )
+        self.prefetch_released_unused = counter(
+            "prefetch_released_unused_total",
+            "Prefetch protections given up before their request came (replan, workflow end, no room).",
+        )
+        self.prefetch_over_budget = counter(
+            "prefetch_over_budget_total", "Prefetches skipped: no room beside busy pages and the protection budget."
+        )
+        self.prefetch_protected_pages = gauge(
+            "prefetch_protected_pages", "Device pages of landed prefetches protected until their request comes."
+        )
+
+        # Loader (every policy with the host tier).
+        self.demand_loads = counter("demand_loads_total", "On-demand host-to-device loads queued by admissions.")
+        self.load_back_bytes = counter("load_back_bytes_total", "Bytes copied host-to-device by on-demand loads.")
+        self.load_back_seconds = counter(
+            "load_back_seconds_total", "Copy-stream time of on-demand loads (with load_back_bytes_total: GB/s)."
+        )
+        self.load_stall_seconds = counter(
+            "load_stall_seconds_total", "Time admitted requests waited for their prefix to land (any load)."
+        )
 
     def render(self) -> str:
         """The Prometheus text exposition of every metric."""

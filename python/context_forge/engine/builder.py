@@ -10,7 +10,12 @@ from typing import Any
 import torch
 
 from context_forge.cache.node import RadixNode
-from context_forge.cache.policy import EvictionPolicy, PolicyContext, build_policy, policy_class
+from context_forge.cache.policy import (
+    EvictionPolicy,
+    PolicyContext,
+    build_policy,
+    policy_class,
+)
 from context_forge.cache.pool import PagePool
 from context_forge.cache.tiered import RadixCache
 from context_forge.config import ServerConfig
@@ -20,8 +25,9 @@ from context_forge.model.config import ModelConfig
 from context_forge.model.loader import load_model
 from context_forge.model.tokenizer import get_tokenizer
 from context_forge.prefetch.controller import ControllerConfig
-from context_forge.prefetch.copier import make_copier
+from context_forge.prefetch.copier import DEFAULT_LAYER_GROUPS, make_copier
 from context_forge.prefetch.ledger import ObservedPagePool
+from context_forge.prefetch.meter import TransferMeter
 from context_forge.prefetch.planner import PlannerConfig
 from context_forge.prefetch.service import WorkflowPrefetcher
 from context_forge.workflow.predictor import MarkovPredictor
@@ -54,7 +60,9 @@ class EngineParts:
     lock: threading.RLock
     transfer: BufferTransfer | None = None
     prefetch: WorkflowPrefetcher | None = None
-    """Present with the hierarchical cache and ``enable_prefetch``; not started yet."""
+    """The loader: present whenever the radix cache has the host tier, for every policy (lru's
+    on-demand loads take the same batched copier); it plans prefetches only where the policy
+    prefetches and ``enable_prefetch`` is on (``prefetch.plans``). Not started yet."""
 
 
 def build(config: ServerConfig) -> EngineParts:
@@ -71,9 +79,8 @@ def build(config: ServerConfig) -> EngineParts:
     page_bytes = mcfg.num_hidden_layers * 2 * ps * mcfg.num_key_value_heads * mcfg.head_dim * dtype.itemsize
     n_dev = device_pages(cfg, page_bytes, device)
     device_kv = DeviceKVBuffer(shape[0], n_dev, ps, shape[2], shape[3], dtype, device)
-    use_prefetch = (not cfg.disable_radix_cache and cfg.enable_hierarchical_cache and cfg.enable_prefetch
-                    and policy_class(cfg.radix_eviction_policy).prefetches)
-    device_pool = ObservedPagePool(n_dev, "device") if use_prefetch else PagePool(n_dev, "device")
+    use_loader = not cfg.disable_radix_cache and cfg.enable_hierarchical_cache
+    device_pool = ObservedPagePool(n_dev, "device") if use_loader else PagePool(n_dev, "device")
     lock = threading.RLock()
     workflows = SharedWorkflows(lock, _predictor(cfg), weight=cfg.blend_weight)
     host_kv = host_pool = cache = transfer = prefetch = None
@@ -87,7 +94,7 @@ def build(config: ServerConfig) -> EngineParts:
         cache = RadixCache(ps, device_pool, host_pool, _policy(cfg, workflows), transfer,
                            write_policy=cfg.hicache_write_policy)
         workflows.add_finish_listener(cache.forget_workflow)
-    if use_prefetch:
+    if use_loader:
         assert cache is not None and host_kv is not None and transfer is not None
         prefetch = _prefetcher(cfg, cache, workflows, device_kv, host_kv, transfer, lock)
     kv = KVManager(ps, device_pool, cache, loader=prefetch,
@@ -95,23 +102,34 @@ def build(config: ServerConfig) -> EngineParts:
                    layer_wait=prefetch is not None and cfg.prefetch_wait_mode == "layer")
     max_running = cfg.max_running_requests or max(n_dev, 1)
     scheduler = Scheduler(kv, cfg.chunked_prefill_size, max_running, cfg.max_prefill_tokens)
+    if prefetch is not None:
+        prefetch.protection.backlog = scheduler
     pressure = PressureController(cfg.pressure_thresholds, cfg.pressure_hysteresis, _monitor(cfg, device),
                                   load_ahead_step=cfg.load_ahead_step, evict_pri_level=cfg.evict_pri_level)
     runner = ModelRunner(model, device_kv, ps, cfg)
+    if prefetch is not None:
+        runner.meter = prefetch.controller.copier.meter
     return EngineParts(cfg, mcfg, tokenizer, runner, device_kv, host_kv, device_pool, host_pool,
                        cache, kv, scheduler, workflows, pressure, lock, transfer, prefetch)
 
 
 def _prefetcher(cfg: ServerConfig, cache: RadixCache, workflows: SharedWorkflows, device_kv: DeviceKVBuffer,
                 host_kv: HostKVBuffer, transfer: BufferTransfer, lock: threading.RLock) -> WorkflowPrefetcher:
-    io_backend = cfg.hicache_io_backend
-    if io_backend == "auto":
-        io_backend = "kernel" if cfg.prefetch_wait_mode == "layer" else "direct"
-    copier = make_copier(device_kv, host_kv, fence=transfer.fence, io_backend=io_backend)
-    planner = PlannerConfig(load_ahead_step=cfg.load_ahead_step,
-                            use_predictor=policy_class(cfg.radix_eviction_policy).plans_undeclared)
-    controller = ControllerConfig(layer_gates=cfg.prefetch_wait_mode == "layer")
-    return WorkflowPrefetcher(cache, workflows, copier, lock, planner, controller)
+    """The loader of every policy: one batched copier (``hicache_io_backend``, ``auto`` = the
+    copy-engine ``direct`` one, in layer groups with layer waiting), planning only where the
+    policy prefetches and ``enable_prefetch`` is on."""
+    io_backend = "direct" if cfg.hicache_io_backend == "auto" else cfg.hicache_io_backend
+    layered = cfg.prefetch_wait_mode == "layer"
+    copier = make_copier(device_kv, host_kv, fence=transfer.fence, io_backend=io_backend,
+                         layer_groups=DEFAULT_LAYER_GROUPS if layered else 1)
+    policy = policy_class(cfg.radix_eviction_policy)
+    plans = cfg.enable_prefetch and policy.prefetches
+    planner = PlannerConfig(load_ahead_step=cfg.load_ahead_step, use_predictor=policy.plans_undeclared)
+    controller = ControllerConfig(layer_gates=layered, plan=plans)
+    prefetcher = WorkflowPrefetcher(cache, workflows, copier, lock, planner, controller,
+                                    budget_pages=int(cfg.prefetch_budget * cache.device_pool.capacity))
+    copier.meter = TransferMeter(prefetcher.stats, device_kv.device)
+    return prefetcher
 
 
 def _insert_hook(prefetch: WorkflowPrefetcher) -> Callable[[ReqState, RadixNode], None]:

@@ -5,10 +5,11 @@ the engine thread owns the scheduler, the cache and the model. Requests and abor
 through an inbox guarded by a condition variable (the loop sleeps on it when idle); outputs
 cross back through ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per request.
 
-With the hierarchical cache and ``enable_prefetch``, a prefetch worker thread
-(``prefetch.controller``) copies KV host->device beside the loop. Workflow events mark
-workflows for replanning (and wake an idle loop); the loop replans under the engine lock before
-and after each step, applying the pressure mode's prefetch limits.
+With the hierarchical cache, a loader worker thread (``prefetch.controller``) copies KV
+host->device beside the loop for every policy (on-demand loads; lru's too). Where the policy
+prefetches and ``enable_prefetch`` is on, workflow events also mark workflows for replanning (and
+wake an idle loop); the loop replans under the engine lock before and after each step, applying
+the pressure mode's prefetch limits.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ class Engine:
         self.scheduler = p.scheduler
         self.kv = p.kv
         self.prefetch = p.prefetch
-        self.stats = EngineStats(self.metrics, p.device_pool, p.host_pool, p.cache,
-                                 p.prefetch.stats if p.prefetch is not None else None)
+        self.stats = EngineStats(self.metrics, p.device_pool, p.host_pool, p.cache, p.prefetch)
         self.limits = Limits(p.model_config.vocab_size, self.context_len, p.config.page_size,
                              p.device_pool.capacity)
         self._eos = set(getattr(p.tokenizer, "eos_token_ids", ()) or ()) | set(p.model_config.eos_token_id)
@@ -77,10 +77,11 @@ class Engine:
         self._last_batch_empty = False
         self._idle_timeout: float | None = None
         if self.prefetch is not None:
-            self._idle_timeout = _PREFETCH_POLL_S
             self.prefetch.controller.on_complete = lambda task: self._wake()
             self.prefetch.controller.on_issued = self._wake
-            p.workflows.add_listener(self._on_workflow_change)
+            if self.prefetch.plans:
+                self._idle_timeout = _PREFETCH_POLL_S
+                p.workflows.add_listener(self._on_workflow_change)
             self.prefetch.start()
 
     # ---------------------------------------------------------------- lifecycle
@@ -311,7 +312,7 @@ class Engine:
             self._cv.notify()
 
     def _prefetch_marked(self) -> bool:
-        return self.prefetch is not None and self.prefetch.has_dirty
+        return self.prefetch is not None and self.prefetch.plans and self.prefetch.has_dirty
 
     def _prefetch_tick(self) -> None:
         """Under the engine lock: fail on a broken prefetch worker, replan marked workflows."""

@@ -32,7 +32,6 @@ from context_forge.cache.node import RadixNode
 from context_forge.cache.pool import PagePool
 from context_forge.cache.radix import MatchResult
 from context_forge.cache.tiered import RadixCache
-
 from context_forge.workflow.scope import scope_key
 
 from .req_state import ReqState
@@ -64,7 +63,9 @@ class Loader(Protocol):
 
     def demand(self, node: RadixNode) -> object | None: ...
 
-    def claim(self, pages: Iterable[int]) -> int: ...
+    def claim(self, pages: Iterable[int], workflow_id: str | None = None, agent_id: str | None = None) -> int: ...
+
+    def release_for_alloc(self) -> bool: ...
 
 
 @dataclass
@@ -206,7 +207,8 @@ class KVManager:
             result.host_hit += loaded
             result.device_hit -= loaded
             result.stall_s = max(0.0, self.clock() - wait.since)
-        result.prefetch_hit = self.loader.claim(shared) * self.page_size  # type: ignore[union-attr]
+        req = st.req
+        result.prefetch_hit = self.loader.claim(shared, req.workflow_id, req.agent_id) * self.page_size  # type: ignore[union-attr]
 
     def forget(self, st: ReqState) -> None:
         """``st`` left the waiting queue without being admitted (abort): drop its wait lock."""
@@ -231,9 +233,13 @@ class KVManager:
         return True
 
     def _alloc(self, n: int) -> list[int] | None:
-        if self.cache is not None:
-            return self.cache.alloc_device(n)
-        return self.pool.alloc(n)
+        """``n`` pages (evicting cache); short of room, protected prefetches give way, oldest first."""
+        if self.cache is None:
+            return self.pool.alloc(n)
+        pages = self.cache.alloc_device(n)
+        while pages is None and self.loader is not None and self.loader.release_for_alloc():
+            pages = self.cache.alloc_device(n)
+        return pages
 
     # ---------------------------------------------------------------- sharing and release
     def share(self, st: ReqState) -> None:

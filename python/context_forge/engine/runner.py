@@ -7,7 +7,8 @@ larger than the biggest graph, and steps that must wait per layer for KV still l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +19,8 @@ from .cuda_graph import DecodeGraphs, batch_buckets
 from .kv_buffer import DeviceKVBuffer
 
 if TYPE_CHECKING:
+    from context_forge.prefetch.meter import TransferMeter
+
     from .scheduler import ScheduledSeq
 
 DEFAULT_GRAPH_MAX_BATCH = 64
@@ -42,6 +45,8 @@ class ModelRunner:
                  graph_max_batch: int | None = None) -> None:
         self.model = model
         self.kv = kv
+        self.meter: TransferMeter | None = None
+        """Brackets every step that decodes (prefetch bandwidth during decode, ``prefetch.meter``)."""
         self.page_size = page_size
         self.device = kv.device
         self.graphs: DecodeGraphs | None = None
@@ -49,7 +54,7 @@ class ModelRunner:
             max_batch = (graph_max_batch or getattr(config, "cuda_graph_max_bs", None)
                          or min(DEFAULT_GRAPH_MAX_BATCH,
                                 getattr(config, "max_running_requests", None) or DEFAULT_GRAPH_MAX_BATCH))
-            context = int(getattr(config, "context_length", None) or getattr(model, "config").context_len)
+            context = int(getattr(config, "context_length", None) or getattr(model, "config").context_len)  # noqa: B009
             max_pages = min(-(-context // page_size), kv.num_pages)
             self.graphs = DecodeGraphs(model, kv, page_size, batch_buckets(max_batch), max_pages)
             self.graphs.capture()
@@ -72,7 +77,7 @@ class ModelRunner:
     def uses_cuda_graph(self) -> bool:
         return self.graphs is not None
 
-    def forward(self, seqs: list["ScheduledSeq"]) -> torch.Tensor:
+    def forward(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
         """Logits ``[len(seqs), vocab]`` (fp32) of each sequence's last fed token."""
         ps = self.page_size
         ids: list[int] = []
@@ -90,7 +95,13 @@ class ModelRunner:
             if st.kv_gates:
                 gates.extend(g for g in st.kv_gates if g not in gates)
                 st.kv_gates = []
-        return self.forward_tokens(ids, q_lens, kv_lens, tables, layer_wait=wait_all(gates) if gates else None)
+        meter = self.meter if any(s.is_decode for s in seqs) else None
+        if meter is not None:
+            meter.decode_begin()
+        out = self.forward_tokens(ids, q_lens, kv_lens, tables, layer_wait=wait_all(gates) if gates else None)
+        if meter is not None:
+            meter.decode_end()
+        return out
 
     @torch.inference_mode()
     def forward_tokens(self, token_ids: Sequence[int], seq_lens_q: Sequence[int],

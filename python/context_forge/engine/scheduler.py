@@ -70,6 +70,18 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def busy_pages(self) -> int:
+        """Device pages running requests hold plus those queued requests' prompts need (the
+        prefetch guard's ``busy``: they are all admitted before a prefetched agent's request)."""
+        ps = self.kv.page_size
+        return (sum(len(st.page_table) for st in self.running)
+                + sum(-(-len(st.all_ids) // ps) for st in self.waiting))
+
+    def waiting_agents(self) -> set[tuple[str, str]]:
+        """``(workflow_id, agent_id)`` of the queued requests that carry both."""
+        return {(st.req.workflow_id, st.req.agent_id) for st in self.waiting
+                if st.req.workflow_id is not None and st.req.agent_id is not None}
+
     def add(self, st: ReqState) -> None:
         st.phase = Phase.WAITING
         self.waiting.append(st)

@@ -14,6 +14,7 @@ from context_forge.cache.tiered import CacheStats, RadixCache
 from context_forge.memory.pressure import PressureMode
 from context_forge.metrics import Metrics
 from context_forge.prefetch.ledger import PrefetchStats
+from context_forge.prefetch.service import WorkflowPrefetcher
 
 from .kv_manager import AdmitResult
 
@@ -38,14 +39,15 @@ class EngineStats:
     """Feeds ``Metrics`` from admissions, steps and the cache's cumulative ``CacheStats``."""
 
     def __init__(self, metrics: Metrics, device_pool: PagePool, host_pool: PagePool | None,
-                 cache: RadixCache | None, prefetch: PrefetchStats | None = None) -> None:
+                 cache: RadixCache | None, loader: WorkflowPrefetcher | None = None) -> None:
         self.metrics = metrics
         self.counters = EngineCounters()
         self._device_pool = device_pool
         self._host_pool = host_pool
         self._cache = cache
         self._seen = CacheStats()
-        self._prefetch = prefetch
+        self._loader = loader
+        self._prefetch = loader.stats if loader is not None else None
         self._seen_prefetch = PrefetchStats()
         metrics.pool_capacity_pages.set(device_pool.capacity, pool="device")
         if host_pool is not None:
@@ -67,6 +69,7 @@ class EngineStats:
         if hit.stall_s > 0:
             c.prefetch_stall_s += hit.stall_s
             m.prefetch_stall_seconds.inc(hit.stall_s)
+            m.load_stall_seconds.inc(hit.stall_s)
 
     def on_step(self, prefill_tokens: int, preempted: int, running: int, waiting: int,
                 mode: PressureMode) -> None:
@@ -105,12 +108,23 @@ class EngineStats:
         """Export the prefetch controller's counters; returns pages prefetched since the last step."""
         now, seen, m = self._prefetch, self._seen_prefetch, self.metrics
         assert now is not None
+        loader = self._loader
+        assert loader is not None
+        meter = loader.controller.copier.meter
+        if meter is not None:
+            meter.poll()
         delta = {f.name: getattr(now, f.name) - getattr(seen, f.name) for f in fields(PrefetchStats)}
         for name, metric in (("issued", m.prefetch_issued), ("completed", m.prefetch_completed),
                              ("cancelled", m.prefetch_cancelled), ("wasted", m.prefetch_wasted),
-                             ("bytes", m.prefetch_bytes)):
-            if delta[name]:
+                             ("bytes", m.prefetch_bytes), ("copy_seconds", m.prefetch_copy_seconds),
+                             ("decode_bytes", m.prefetch_decode_copy_bytes),
+                             ("decode_seconds", m.prefetch_decode_copy_seconds),
+                             ("released_unused", m.prefetch_released_unused),
+                             ("over_budget", m.prefetch_over_budget), ("demand_loads", m.demand_loads),
+                             ("demand_bytes", m.load_back_bytes), ("demand_seconds", m.load_back_seconds)):
+            if delta[name] > 0:
                 metric.inc(delta[name])
+        m.prefetch_protected_pages.set(loader.protection.protected_pages)
         for name, value in delta.items():
             setattr(seen, name, getattr(seen, name) + value)
         return delta["pages"]

@@ -34,7 +34,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from context_forge.cache.node import RadixNode
@@ -42,26 +41,15 @@ from context_forge.cache.tiered import LoadPlan, RadixCache
 
 from .ledger import PrefetchLedger, PrefetchStats
 from .planner import PrefetchTarget, host_only_pages, node_is_live
-from .tasks import LoadTask, TaskKind, TaskQueue, TaskState
+from .tasks import ControllerConfig, LoadTask, TaskKind, TaskQueue, TaskState
 
 if TYPE_CHECKING:
     from .copier import PageCopier
+    from .protection import Protection
+
+__all__ = ["ControllerConfig", "PrefetchController"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """``history``: how many finished tasks to keep in ``history`` (for tests and debugging).
-    ``layer_gates``: give every load a per-layer gate (``ticket.gate``) so that requests may
-    start before it lands (``prefetch_wait_mode: layer``)."""
-
-    history: int = 256
-    layer_gates: bool = False
-
-    def __post_init__(self) -> None:
-        if self.history < 0:
-            raise ValueError(f"ControllerConfig.history must be >= 0, got {self.history}")
 
 
 class PrefetchController:
@@ -86,6 +74,8 @@ class PrefetchController:
         """Called on the worker thread when a gated load has issued every layer (the engine wakes)."""
         self.max_steps: float = math.inf
         self.reserve_pages = 0
+        self.protection: Protection | None = None
+        """Budget and protection of prefetches (``prefetch.protection``); ``None``: neither."""
         self.error: BaseException | None = None
         self.history: list[LoadTask] = []
         self._cv = threading.Condition(threading.Lock())
@@ -128,7 +118,9 @@ class PrefetchController:
     def update(self, workflow_id: str, targets: Sequence[PrefetchTarget]) -> list[LoadTask]:
         """*Engine lock.* Make ``targets`` the queued prefetches of ``workflow_id``: new targets are
         queued, kept ones re-ranked, queued ones no longer wanted cancelled (the workflow moved on).
-        Returns the workflow's live (queued or running) tasks."""
+        Returns the workflow's live (queued or running) tasks; none without ``config.plan``."""
+        if not self.config.plan:
+            targets = ()
         with self._cv:
             old = self._by_workflow.pop(workflow_id, {})
             live: dict[int, LoadTask] = {}
@@ -251,7 +243,10 @@ class PrefetchController:
         assert task.plan is not None
         plan = task.plan
         interrupt = self._run_demands if task.kind is TaskKind.PREFETCH else None
-        self.copier.load(plan.host_pages, plan.device_pages, interrupt, plan.ticket.gate)  # type: ignore[arg-type]
+        self.copier.load(plan.host_pages, plan.device_pages, interrupt, plan.ticket.gate,  # type: ignore[arg-type]
+                         kind=task.kind.value)
+        if self.copier.meter is not None:
+            self.copier.meter.poll()
         with self.lock:
             self.cache.finish_loading(plan.ticket, plan.nodes)
             if task.kind is TaskKind.PREFETCH:
@@ -278,6 +273,10 @@ class PrefetchController:
         if need == 0:
             self._skip(task, "already on device")
             return None
+        if self.protection is not None and not self.protection.allows(task, need):
+            self.stats.over_budget += 1
+            self._skip(task, "over budget")
+            return None
         limit = cache.policy.prefetch_limit(node)
         pool = cache.device_pool
         want = need + reserve
@@ -296,6 +295,8 @@ class PrefetchController:
             return None
         self._arm(task, plan)
         task.plan = plan
+        if self.protection is not None:
+            self.protection.reserved(task, plan)
         self.stats.issued += 1
         self.stats.pages += len(plan.device_pages)
         return plan

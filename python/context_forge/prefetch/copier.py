@@ -17,9 +17,10 @@ Copiers (``hicache_io_backend`` picks the GPU one):
 - :class:`~context_forge.prefetch.kernel_copier.KernelCopier` (``kernel``): a Triton kernel on a
   copy stream reads pinned host memory directly, a few layers of all pages per launch; units are
   layer ranges, so loads land layer by layer and interrupts fall between layers.
-- :class:`~context_forge.prefetch.stream_copier.StreamCopier` (``direct``): copy-engine copies of
-  page chunks (all layers) into a staging buffer, then a scatter; units are page chunks, so
-  interrupts fall between chunks and every layer is complete only when the last chunk is.
+- :class:`~context_forge.prefetch.stream_copier.StreamCopier` (``direct``, the default):
+  copy-engine copies of page chunks into a staging buffer, then a device-side scatter; units are
+  page chunks of all layers (interrupts between chunks; every layer complete with the last chunk)
+  or, with ``layer_groups > 1``, of one layer group at a time, so loads land group by group.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
 
 from .gate import LayerGate, ThreadGate
+from .meter import TransferMeter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ DEFAULT_UNIT_BYTES = 16 << 20
 """``kernel``: bytes per launch (whole layers of the load's pages, at least one layer)."""
 
 IO_BACKENDS = ("kernel", "direct")
+
+DEFAULT_LAYER_GROUPS = 4
+"""``direct`` with layer waiting: a load lands in this many layer groups (a request's forward pass
+starts on the first group while the others copy)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class PageCopier(ABC):
     def __init__(self, device_kv: DeviceKVBuffer, host_kv: HostKVBuffer) -> None:
         self.device_kv = device_kv
         self.host_kv = host_kv
+        self.meter: TransferMeter | None = None
+        """Times every unit (``prefetch.meter``) when set; the controller polls it."""
 
     @property
     def bytes_per_page(self) -> int:
@@ -95,20 +103,27 @@ class PageCopier(ABC):
         return ThreadGate(self.num_layers)
 
     def load(self, host_pages: Sequence[int], device_pages: Sequence[int],
-             between: Callable[[], None] | None = None, gate: LayerGate | None = None) -> None:
+             between: Callable[[], None] | None = None, gate: LayerGate | None = None,
+             kind: str = "prefetch") -> None:
         """Copy ``host_pages[i]`` -> ``device_pages[i]`` (all layers, K and V), unit by unit,
         calling ``between`` before every unit but the first (the interrupt point: it may run
         other loads through this copier) and marking ``gate`` as layers complete. Returns once
-        the pages have landed; on failure fails ``gate`` and raises."""
+        the pages have landed; on failure fails ``gate`` and raises. ``kind`` (``prefetch`` or
+        ``demand``) labels the units' timings in ``meter``."""
         check_plan(self.host_kv, self.device_kv, host_pages, device_pages)
         n = len(host_pages)
         state = self._begin(host_pages, device_pages)
         pending: Any = None
+        meter = self.meter
         try:
             for i, u in enumerate(self.units(n)):
                 if i and between is not None:
                     between()
+                t0 = self._stamp() if meter is not None else None
                 handle = self._issue(state, u, host_pages[u.start:u.stop], device_pages[u.start:u.stop])
+                if meter is not None:
+                    nbytes = (u.stop - u.start) * self.bytes_per_page * u.num_layers // self.num_layers
+                    meter.stop(t0, nbytes, kind, self._stamp())
                 if gate is not None and u.stop == n:
                     gate.mark(u.first_layer, u.num_layers, handle)
                 if pending is not None and self.pace and not (gate is not None and gate.expedite):
@@ -127,6 +142,11 @@ class PageCopier(ABC):
     def units(self, num_pages: int) -> list[Unit]:
         """The units of a load of ``num_pages`` pages, in issue order; every (page, layer) once,
         and the units of a layer range ending with the one that reaches ``num_pages``."""
+
+    def _stamp(self) -> Any:
+        """A timing mark on the stream that runs the copies (the CPU: now)."""
+        assert self.meter is not None
+        return self.meter.mark()
 
     def _begin(self, host_pages: Sequence[int], device_pages: Sequence[int]) -> Any:
         """Per-load setup; returns the load's state (loads may nest)."""
@@ -155,9 +175,7 @@ class CpuCopier(PageCopier):
         self.chunk_pages = chunk_pages
 
     def units(self, num_pages: int) -> list[Unit]:
-        step = self.chunk_pages
-        return [Unit(s, min(s + step, num_pages), layer, 1)
-                for layer in range(self.num_layers) for s in range(0, num_pages, step)]
+        return layer_chunk_units(num_pages, self.num_layers, self.chunk_pages, 1)
 
     def _issue(self, state: Any, unit: Unit, host_pages: Sequence[int], device_pages: Sequence[int]) -> None:
         dev = self.device_kv
@@ -168,6 +186,14 @@ class CpuCopier(PageCopier):
             dev.buffer[layer].index_copy_(1, didx, src.transpose(0, 1))
 
 
+def layer_chunk_units(num_pages: int, num_layers: int, chunk_pages: int, layers_per_unit: int) -> list[Unit]:
+    """Units of ``layers_per_unit`` layers times ``chunk_pages`` pages, layer group by layer group
+    (every page of a group before the next group), so groups land in order."""
+    step, group = max(1, chunk_pages), max(1, min(layers_per_unit, num_layers))
+    return [Unit(s, min(s + step, num_pages), first, min(group, num_layers - first))
+            for first in range(0, num_layers, group) for s in range(0, num_pages, step)]
+
+
 def chunk_pages_for(bytes_per_page: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Pages per chunk so that a chunk moves about ``chunk_bytes``."""
     return max(1, chunk_bytes // max(1, bytes_per_page))
@@ -175,11 +201,12 @@ def chunk_pages_for(bytes_per_page: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES)
 
 def make_copier(device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                 fence: Callable[[torch.cuda.Stream], None] | None = None,
-                scatter_priority: int = 0, io_backend: str = "kernel",
-                unit_bytes: int = DEFAULT_UNIT_BYTES) -> PageCopier:
+                scatter_priority: int = 0, io_backend: str = "direct",
+                unit_bytes: int = DEFAULT_UNIT_BYTES, layer_groups: int = 1) -> PageCopier:
     """The copier for these buffers: on a GPU with a pinned host tier the ``io_backend`` one
     (``kernel`` falls back to ``direct``, with a warning, when its self-test fails: no Triton,
-    or host memory the GPU cannot read); otherwise the :class:`CpuCopier`."""
+    or host memory the GPU cannot read; ``direct`` lands in ``layer_groups`` groups of layers);
+    otherwise the :class:`CpuCopier`."""
     if io_backend not in IO_BACKENDS:
         raise ValueError(f"unknown hicache_io_backend {io_backend!r}; choose one of {', '.join(IO_BACKENDS)}")
     pages = chunk_pages_for(host_kv.bytes_per_page, chunk_bytes)
@@ -194,4 +221,5 @@ def make_copier(device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, chunk_bytes: i
         if problem is None:
             return KernelCopier(device_kv, host_kv, unit_bytes, fence)
         log.warning("hicache_io_backend 'kernel' is unavailable here (%s); using 'direct' copies", problem)
-    return StreamCopier(device_kv, host_kv, pages, fence, scatter_priority)
+    per_unit = -(-device_kv.num_layers // max(1, layer_groups))
+    return StreamCopier(device_kv, host_kv, pages, fence, scatter_priority, per_unit)

@@ -97,16 +97,22 @@ class PrefetchGuard:
             if held.workflow_id == workflow_id and held.agent_id not in due:
                 self._release(task_id, unused=True)
 
-    def release_oldest(self) -> bool:
-        """Give up the oldest protection (an admission needs room); False if none is held."""
-        if not self._held:
-            return False
-        self._release(next(iter(self._held)), unused=True)
-        return True
+    def release_oldest(self, keep: Collection[tuple[str, str]] = ()) -> bool:
+        """Give up the oldest protection (an admission needs room) whose ``(workflow, agent)`` is
+        not in ``keep`` (agents with a request waiting in the queue); False if there is none."""
+        for task_id, held in self._held.items():
+            if (held.workflow_id, held.agent_id) not in keep:
+                self._release(task_id, unused=True)
+                return True
+        return False
 
     def release_all(self) -> None:
         while self.release_oldest():
             pass
+
+    def task_ids(self) -> list[int]:
+        """Protected prefetches, oldest first."""
+        return list(self._held)
 
     def __len__(self) -> int:
         return len(self._held)

@@ -20,7 +20,12 @@ class PrefetchStats:
     """Cumulative counters of one controller. ``issued``: prefetches that reserved pages and
     started copying; ``completed``: landed; ``cancelled``: dropped before starting (stale, pressure,
     shutdown); ``skipped``: reached the front but had nothing to do or no room; ``wasted``: landed,
-    then freed unused; ``hits``: landed and used by a request. ``demand_*``: on-demand loads."""
+    then freed unused; ``hits``: landed and used by a request. ``demand_*``: on-demand loads.
+    ``over_budget``: skipped because the guard had no room (also counted in ``skipped``);
+    ``released_unused``: protections given up before their request came (replan, workflow end,
+    an allocation short of room). Copy timings (measured per unit by the copier's
+    ``TransferMeter``): ``demand_bytes``/``demand_seconds`` of on-demand loads, ``copy_seconds``
+    of prefetches, ``decode_bytes``/``decode_seconds`` of prefetch copies while a decode step ran."""
 
     issued: int = 0
     completed: int = 0
@@ -33,6 +38,13 @@ class PrefetchStats:
     demand_loads: int = 0
     demand_pages: int = 0
     interrupts: int = 0
+    over_budget: int = 0
+    released_unused: int = 0
+    demand_bytes: int = 0
+    demand_seconds: float = 0.0
+    copy_seconds: float = 0.0
+    decode_bytes: float = 0.0
+    decode_seconds: float = 0.0
 
 
 class PrefetchLedger:
@@ -55,9 +67,13 @@ class PrefetchLedger:
     def claim(self, pages: Iterable[int]) -> int:
         """A request admitted with ``pages`` in its prefix: returns how many of them were
         unclaimed prefetched pages; each prefetch they belong to counts as one hit."""
+        return self.claim_tasks(pages)[0]
+
+    def claim_tasks(self, pages: Iterable[int]) -> tuple[int, set[int]]:
+        """``claim``, also returning the ids of the prefetches hit."""
         owner = self._owner
         if not owner:
-            return 0
+            return 0, set()
         used = 0
         hit: set[int] = set()
         for p in pages:
@@ -69,7 +85,7 @@ class PrefetchLedger:
             for p in self._pages.pop(task):
                 del owner[p]
             self.stats.hits += 1
-        return used
+        return used, hit
 
     def freed(self, pages: Iterable[int]) -> None:
         """The device pool freed ``pages``: unclaimed prefetched ones are gone for good."""

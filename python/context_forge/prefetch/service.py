@@ -10,6 +10,15 @@ become the workflow's queued prefetches, replacing (cancelling) what was queued 
 
 Pressure: ``set_pressure(max_steps, reserve_pages)`` caps the look-ahead with the mode's
 ``prefetch_max_steps`` (``-1``: no prefetch) and keeps the mode's free-page target free.
+
+Planning off (``ControllerConfig.plan`` false: lru, or ``enable_prefetch: false``): the engine
+still loads through this object (its on-demand loads take the same batched, layer-overlapped
+copier as every policy's), but nothing is ever planned: ``tick`` only drains the triggers and no
+pressure mode turns planning on.
+
+Protection (``budget_pages > 0``, see ``prefetch.protection``): replans release the protections
+of agents no longer due, a finished workflow releases all of its own, an admission claims its
+agent's, and a failed allocation releases the oldest (:meth:`release_for_alloc`).
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from context_forge.cache.tiered import RadixCache
 from context_forge.workflow.priority import LiveWorkflows
 
 from .controller import ControllerConfig, PrefetchController
+from .guard import PrefetchGuard
 from .ledger import ObservedPagePool, PrefetchLedger, PrefetchStats
 from .planner import PlannerConfig, PrefetchPlanner
+from .protection import Backlog, Protection
 from .tasks import LoadTask
 
 if TYPE_CHECKING:
@@ -37,12 +48,16 @@ class WorkflowPrefetcher:
     def __init__(self, cache: RadixCache, workflows: LiveWorkflows, copier: PageCopier,
                  lock: threading.RLock, planner_config: PlannerConfig | None = None,
                  controller_config: ControllerConfig | None = None,
-                 on_complete: Callable[[LoadTask], None] | None = None) -> None:
+                 on_complete: Callable[[LoadTask], None] | None = None, budget_pages: int = 0,
+                 backlog: Backlog | None = None) -> None:
         self.cache = cache
         self.workflows = workflows
         self.lock = lock
         self.planner = PrefetchPlanner(workflows, cache, planner_config)
         self.controller = PrefetchController(cache, copier, lock, controller_config, on_complete=on_complete)
+        self.protection = Protection(PrefetchGuard(cache, budget_pages), self.controller.stats, backlog)
+        if self.plans:
+            self.controller.protection = self.protection
         if isinstance(cache.device_pool, ObservedPagePool):
             cache.device_pool.add_free_listener(self.ledger.freed)
         self._feed = workflows.tracker.subscribe()
@@ -50,6 +65,11 @@ class WorkflowPrefetcher:
         self._dirty_lock = threading.Lock()
         self._max_steps = self.planner.config.load_ahead_step
         self._planned: set[str] = set()
+
+    @property
+    def plans(self) -> bool:
+        """Whether prefetches are planned (else only on-demand loads run)."""
+        return self.controller.config.plan
 
     @property
     def stats(self) -> PrefetchStats:
@@ -67,8 +87,10 @@ class WorkflowPrefetcher:
         self.controller.start()
 
     def stop(self) -> None:
-        """Stop the worker (call without the engine lock)."""
+        """Stop the worker and drop every protection (call without the engine lock)."""
         self.controller.stop()
+        with self.lock:
+            self.protection.release_all()
 
     # ---------------------------------------------------------------- triggers (thread-safe)
     def mark(self, workflow_id: str) -> None:
@@ -96,22 +118,29 @@ class WorkflowPrefetcher:
                     self.mark(wf)
         with self._dirty_lock:
             dirty, self._dirty = self._dirty, set()
-        if not dirty:
+        if not dirty or not self.plans:
             return
         live = set(self.workflows.live_workflows())
         for wf in dirty:
             if wf in live:
+                due = {d.agent_id for d in self.planner.due_agents(wf, self._max_steps)}
+                self.protection.replanned(wf, due)
                 targets = self.planner.targets(wf, self._max_steps)
                 self.controller.update(wf, targets)
                 self._planned.add(wf)
             else:
                 self.planner.forget(wf)
+                self.protection.finished(wf)
                 if wf in self._planned:
                     self._planned.discard(wf)
                     self.controller.drop(wf)
 
     def set_pressure(self, max_steps: int, reserve_pages: int = 0) -> None:
-        """*Engine lock.* Apply a pressure mode's ``prefetch_max_steps`` and free-page target."""
+        """*Engine lock.* Apply a pressure mode's ``prefetch_max_steps`` and free-page target
+        (without planning, only the free-page target: no mode turns planning on)."""
+        if not self.plans:
+            self.controller.set_limits(-1, reserve_pages)
+            return
         if max_steps != self._max_steps:
             grew = max_steps > self._max_steps
             self._max_steps = max_steps
@@ -127,9 +156,16 @@ class WorkflowPrefetcher:
         """*Engine lock.* On-demand load of the host-only part of the path to ``node``."""
         return self.controller.demand(node)
 
-    def claim(self, pages: Iterable[int]) -> int:
-        """*Engine lock.* A request admitted with ``pages``: how many were unclaimed prefetched pages."""
-        return self.ledger.claim(pages)
+    def claim(self, pages: Iterable[int], workflow_id: str | None = None, agent_id: str | None = None) -> int:
+        """*Engine lock.* A request (of ``agent_id`` in ``workflow_id``) admitted with ``pages``:
+        how many were unclaimed prefetched pages. Claims the protections it used or made moot."""
+        used, tasks = self.ledger.claim_tasks(pages)
+        self.protection.claimed(tasks, workflow_id, agent_id)
+        return used
+
+    def release_for_alloc(self) -> bool:
+        """*Engine lock.* An allocation found no room: release the oldest protection, if any."""
+        return self.protection.release_for_alloc()
 
     # ---------------------------------------------------------------- waiting (tests, benchmarks)
     def idle(self) -> bool:

@@ -23,7 +23,7 @@ import torch
 
 from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer, page_runs
 
-from .copier import PageCopier, Unit, check_plan
+from .copier import PageCopier, Unit, check_plan, layer_chunk_units
 from .gate import EventGate, LayerGate
 
 _foreach_ok = True
@@ -70,6 +70,20 @@ def run_pieces(host_pages: Sequence[int], staged: Sequence[torch.Tensor] | torch
             staged_parts.append(staged_block[off:off + count])
             host_parts.append(host_block[first:first + count])
     return staged_parts, host_parts
+
+
+def unit_pieces(host_pages: Sequence[int], staged: Sequence[torch.Tensor], staged_block: torch.Tensor,
+                host_views: Sequence[torch.Tensor], host_block: torch.Tensor, first_layer: int,
+                num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Destination and source pieces of one unit's host->staging copies. All layers: one piece per
+    run of consecutive host pages (:func:`run_pieces`). A layer range: one contiguous piece per
+    page, ``host_views[id][first:first + n]`` into ``staged[i][:n]`` (a page's layers are
+    contiguous on the host; consecutive pages of a layer range are not)."""
+    if num_layers == host_block.shape[1]:
+        return run_pieces(host_pages, staged, staged_block, host_views, host_block)
+    stop = first_layer + num_layers
+    return ([staged[i][:num_layers] for i in range(len(host_pages))],
+            [host_views[p][first_layer:stop] for p in host_pages])
 
 
 def require_gpu_buffers(device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, who: str) -> None:
@@ -141,6 +155,11 @@ class GpuCopier(PageCopier):
     def new_gate(self) -> LayerGate:
         return EventGate(self.num_layers)
 
+    def _stamp(self) -> torch.cuda.Event:
+        assert self.meter is not None
+        with torch.cuda.stream(self.stream):
+            return self.meter.mark()
+
     def _wait(self, handle: torch.cuda.Event) -> None:
         handle.synchronize()
 
@@ -168,11 +187,13 @@ class StreamCopier(GpuCopier):
     granularity: ClassVar[str] = "chunk"
 
     def __init__(self, device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, chunk_pages: int,
-                 fence: Callable[[torch.cuda.Stream], None] | None = None, scatter_priority: int = 0) -> None:
+                 fence: Callable[[torch.cuda.Stream], None] | None = None, scatter_priority: int = 0,
+                 layers_per_unit: int | None = None) -> None:
         super().__init__(device_kv, host_kv, fence)
         if chunk_pages < 1:
             raise ValueError(f"chunk_pages must be >= 1, got {chunk_pages}")
         self.chunk_pages = chunk_pages
+        self.layers_per_unit = min(layers_per_unit or device_kv.num_layers, device_kv.num_layers)
         dev = device_kv.device
         self.scatter_stream = torch.cuda.Stream(dev, priority=scatter_priority)
         shape = (chunk_pages, *host_kv.buffer.shape[1:])
@@ -184,8 +205,7 @@ class StreamCopier(GpuCopier):
         self._host_views: tuple[torch.Tensor, ...] | None = None
 
     def units(self, num_pages: int) -> list[Unit]:
-        step, layers = self.chunk_pages, self.num_layers
-        return [Unit(s, min(s + step, num_pages), 0, layers) for s in range(0, num_pages, step)]
+        return layer_chunk_units(num_pages, self.num_layers, self.chunk_pages, self.layers_per_unit)
 
     def _begin(self, host_pages: Sequence[int], device_pages: Sequence[int]) -> _ChunkLoad:
         if self._host_views is None:
@@ -204,7 +224,8 @@ class StreamCopier(GpuCopier):
         hv = self._host_views
         assert hv is not None
         n = len(host_pages)
-        dst, src = run_pieces(host_pages, views, staging, hv, self.host_kv.buffer)
+        g0, g = unit.first_layer, unit.num_layers
+        dst, src = unit_pieces(host_pages, views, staging, hv, self.host_kv.buffer, g0, g)
         copy, scatter = self.stream, self.scatter_stream
         previous = self._scattered[buf]
         if previous is not None:
@@ -215,8 +236,11 @@ class StreamCopier(GpuCopier):
         landed.record(copy)
         scatter.wait_event(landed)
         torch.cuda.set_stream(scatter)
-        source = self._scatter_src[buf] if n == self.chunk_pages else self._scatter_src[buf][:, :, :n]
-        self.device_kv.buffer.index_copy_(2, state.index[unit.start:unit.stop], source)
+        source = self._scatter_src[buf][:g]
+        if n != self.chunk_pages:
+            source = source[:, :, :n]
+        target = self.device_kv.buffer if g == self.num_layers else self.device_kv.buffer[g0:g0 + g]
+        target.index_copy_(2, state.index[unit.start:unit.stop], source)
         scattered = torch.cuda.Event()
         scattered.record(scatter)
         self._scattered[buf] = scattered

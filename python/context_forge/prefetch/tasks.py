@@ -131,3 +131,20 @@ class TaskQueue:
 
     def __contains__(self, task: object) -> bool:
         return task in self._queued
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """``history``: how many finished tasks to keep in ``history`` (for tests and debugging).
+    ``layer_gates``: give every load a per-layer gate (``ticket.gate``) so that requests may
+    start before it lands (``prefetch_wait_mode: layer``). ``plan``: serve prefetches at all;
+    ``False`` (lru, ``enable_prefetch: false``) keeps only the on-demand loads, through the same
+    batched copier as every policy (the fair baseline)."""
+
+    history: int = 256
+    layer_gates: bool = False
+    plan: bool = True
+
+    def __post_init__(self) -> None:
+        if self.history < 0:
+            raise ValueError(f"ControllerConfig.history must be >= 0, got {self.history}")

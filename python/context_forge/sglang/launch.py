@@ -39,6 +39,7 @@ PLUGIN_ENTRY_NAME = "context_forge"
 NATIVE_ONLY_KEYS = (
     "attention_backend",
     "prefetch_wait_mode",
+    "prefetch_budget",
     "hicache_io_backend",
     "memory_monitor",
     "pressure_thresholds",

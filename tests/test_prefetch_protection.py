@@ -1,0 +1,297 @@
+"""Prefetch budget and protection in the engine's stack (scheduler + KV manager + prefetcher with its
+real worker thread and the CPU copier; the model replaced by appending tokens).
+
+A landed prefetch is protected (its node locked) until its agent's request is admitted, a replan no
+longer lists the agent as due, or its workflow finishes; one that does not fit beside the busy pages
+and the budget is skipped; an allocation short of room releases the oldest protection and retries.
+Every test ends with the page invariants (free + cached + in use == capacity) checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+import torch
+from context_forge.cache import PagePool, RadixCache, get_policy
+from context_forge.cache.node import RadixNode
+from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.engine.kv_manager import KVManager
+from context_forge.engine.kv_transfer import BufferTransfer
+from context_forge.engine.output import OutputStream
+from context_forge.engine.req_state import ReqState
+from context_forge.engine.request import GenerateRequest, SamplingParams
+from context_forge.engine.scheduler import Scheduler
+from context_forge.engine.workflows import SharedWorkflows
+from context_forge.model.tokenizer import ByteTokenizer
+from context_forge.prefetch import (
+    ControllerConfig,
+    CpuCopier,
+    ObservedPagePool,
+    PlannerConfig,
+    TaskState,
+)
+from context_forge.prefetch.service import WorkflowPrefetcher
+from context_forge.workflow.graph import AgentSpec, WorkflowGraph
+
+PS = 4
+PAGES = 32
+TOK = ByteTokenizer()
+_ids = itertools.count()
+GRAPH = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)), AgentSpec("tester", ("coder",))])
+
+
+class GatedCopier(CpuCopier):
+    """The real CPU copier; units wait until ``gate`` is open (keeps a prefetch in flight)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def _issue(self, state, unit, host_pages, device_pages) -> None:  # type: ignore[no-untyped-def]
+        self.waiting.set()
+        assert self.gate.wait(10), "gate never opened"
+        super()._issue(state, unit, host_pages, device_pages)
+
+
+def state(tokens: list[int], workflow_id: str | None = None, agent_id: str | None = None) -> ReqState:
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    req = GenerateRequest(f"p{next(_ids)}", tokens, params, workflow_id=workflow_id, agent_id=agent_id)
+    return ReqState(req=req, stream=OutputStream(TOK, params, (), 10_000), generator=torch.Generator(),
+                    emit=lambda out: None)
+
+
+def prompt(seed: int, length: int) -> list[int]:
+    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
+
+
+class Stack:
+    """Real buffers, cache, workflows, scheduler and prefetcher (``budget`` pages of protection)."""
+
+    def __init__(self, budget: int, look_ahead: int = 1) -> None:
+        self.lock = threading.RLock()
+        dev = DeviceKVBuffer(2, PAGES, PS, 1, 4, torch.float32)
+        host = HostKVBuffer(2, 4 * PAGES, PS, 1, 4, torch.float32, pin_memory=False)
+        self.pool = ObservedPagePool(PAGES, "device")
+        self.cache = RadixCache(PS, self.pool, PagePool(4 * PAGES, "host"), get_policy("lru"),
+                                BufferTransfer(dev, host), "write_through")
+        self.workflows = SharedWorkflows(self.lock)
+        self.copier = GatedCopier(dev, host, 2)
+        self.pf = WorkflowPrefetcher(self.cache, self.workflows, self.copier, self.lock,
+                                     PlannerConfig(look_ahead), ControllerConfig(), budget_pages=budget)
+        self.workflows.add_listener(self.pf.mark)
+        self.kv = KVManager(PS, self.pool, self.cache, loader=self.pf,
+                            on_insert=lambda st, node: self.pf.note_insert(st.req.workflow_id,
+                                                                           st.req.agent_id, node))
+        self.sched = Scheduler(self.kv, 64, 8)
+        self.pf.protection.backlog = self.sched
+        self.guard = self.pf.protection.guard
+        self.pf.start()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.pf.tick()
+        assert self.pf.wait_idle()
+
+    def step(self) -> None:
+        with self.lock:
+            self.pf.tick()
+            batch = self.sched.schedule()
+            for s in batch.seqs:
+                st = s.state
+                st.computed += s.num_tokens
+                if st.num_pending == 0:
+                    st.all_ids.append(7)
+                    if st.num_output >= st.req.sampling.max_tokens:
+                        self.sched.finish(st)
+            self.kv.check()
+
+    def run(self, *states: ReqState) -> None:
+        with self.lock:
+            for st in states:
+                self.sched.add(st)
+        for _ in range(1000):
+            if not self.sched.has_work:
+                return
+            self.step()
+            if self.sched.waiting and not self.sched.running:
+                self.pf.wait_idle()
+        raise AssertionError("scheduler did not finish")
+
+    def offload_all(self) -> None:
+        with self.lock:
+            self.cache.evict_device(self.pool.num_used)
+
+    def seed(self, agents: dict[str, list[int]]) -> dict[str, RadixNode]:
+        """Run one request per agent in workflow ``w`` (their KV is cached), send everything to the
+        host, and register instance ``w2``: its due agents' KV is prefetched and protected."""
+        self.workflows.register("w", GRAPH)
+        self.run(*[state(tokens, "w", agent) for agent, tokens in agents.items()])
+        nodes = {a: self.cache.match(t, touch=False).last_node for a, t in agents.items()}
+        self.offload_all()
+        with self.lock:
+            assert all(n.device_pages is None for n in nodes.values())
+            self.workflows.register("w2", GRAPH)
+        self.tick()
+        return nodes
+
+    def check(self) -> None:
+        with self.lock:
+            self.kv.check()
+            cached = sum(len(n.device_pages) for n in self.cache.nodes() if n.device_pages is not None)
+            assert self.pool.num_free + cached + self.kv.in_use == PAGES
+            assert self.guard.pages <= cached, "protected pages are cached device pages"
+
+    def close(self) -> None:
+        self.copier.gate.set()
+        self.pf.stop()
+        with self.lock:
+            assert len(self.guard) == 0, "stop releases every protection"
+            assert all(n.lock_ref == 0 for n in self.cache.nodes())
+        self.check()
+
+
+@pytest.fixture
+def stack_factory():  # type: ignore[no-untyped-def]
+    made: list[Stack] = []
+
+    def make(budget: int = 8, look_ahead: int = 1) -> Stack:
+        s = Stack(budget, look_ahead)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+CODER = prompt(1, 13)  # 3 whole pages cached
+TESTER = prompt(2, 13)
+
+
+def test_a_landed_prefetch_survives_eviction_pressure_until_its_request_claims_it(stack_factory) -> None:
+    s = stack_factory()
+    nodes = s.seed({"coder": CODER})
+    assert s.pf.stats.completed == 1 and len(s.guard) == 1 and s.guard.pages == 3
+    s.offload_all()  # the pressure controller's eviction, or another admission's
+    with s.lock:
+        assert nodes["coder"].device_pages is not None, "a protected prefetch is not evicted"
+    s.check()
+    follow = state(CODER + prompt(3, 6), "w2", "coder")
+    s.run(follow)
+    assert len(s.guard) == 0 and s.guard.pages == 0, "admission claims the agent's protection"
+    assert s.pf.stats.hits == 1 and s.pf.stats.released_unused == 0 and s.pf.stats.wasted == 0
+    s.check()
+
+
+def test_a_replan_that_drops_the_agent_releases_its_protection(stack_factory) -> None:
+    s = stack_factory()
+    nodes = s.seed({"coder": CODER})
+    assert len(s.guard) == 1
+    with s.lock:
+        s.workflows.agent_finished("w2", "planner")
+    s.tick()
+    assert len(s.guard) == 1, "coder is still due (0 steps)"
+    with s.lock:
+        s.workflows.agent_finished("w2", "coder")  # the plan moved on without coder's request
+    s.tick()
+    assert len(s.guard) == 0 and s.pf.stats.released_unused == 1
+    s.offload_all()
+    with s.lock:
+        assert nodes["coder"].device_pages is None, "released: evictable again"
+    assert s.pf.stats.wasted == 1
+    s.check()
+
+
+def test_a_finished_workflow_releases_its_protections(stack_factory) -> None:
+    s = stack_factory()
+    s.seed({"coder": CODER})
+    with s.lock:
+        s.workflows.finish("w2")
+    s.tick()
+    assert len(s.guard) == 0 and s.pf.stats.released_unused == 1
+    s.check()
+
+
+def test_a_waiting_request_keeps_its_agents_protection(stack_factory) -> None:
+    s = stack_factory()
+    s.seed({"coder": CODER})
+    waiting = state(CODER + prompt(4, 5), "w2", "coder")
+    with s.lock:
+        s.sched.add(waiting)
+        s.workflows.agent_finished("w2", "coder")  # no longer due, but its request is queued
+    s.tick()
+    assert len(s.guard) == 1 and s.pf.stats.released_unused == 0
+    with s.lock:
+        assert not s.pf.release_for_alloc(), "a failed allocation does not take a waiting agent's KV"
+    s.run()
+    assert len(s.guard) == 0 and s.pf.stats.hits == 1
+    s.check()
+
+
+def test_a_prefetch_that_does_not_fit_beside_busy_pages_is_skipped(stack_factory) -> None:
+    s = stack_factory()
+    s.workflows.register("w", GRAPH)
+    s.run(state(CODER, "w", "coder"))
+    s.offload_all()
+    big = state(prompt(5, 30 * PS))  # queued, never stepped: 30 busy pages of 32
+    with s.lock:
+        s.sched.add(big)
+        s.workflows.register("w2", GRAPH)
+    s.tick()
+    st = s.pf.stats
+    assert (st.over_budget, st.skipped, st.issued, len(s.guard)) == (1, 1, 0, 0)
+    assert s.pf.controller.history[-1].reason == "over budget"
+    with s.lock:
+        s.sched.remove(big.rid)
+    s.check()
+
+
+def test_protections_stay_within_the_budget(stack_factory) -> None:
+    s = stack_factory(budget=4, look_ahead=2)  # coder (1 step) and tester (2) due; 3 pages each
+    s.seed({"coder": CODER, "tester": TESTER})
+    st = s.pf.stats
+    assert st.issued == 1 and st.over_budget == 1, "the second prefetch would pass the budget"
+    assert len(s.guard) == 1 and s.guard.pages == 3
+    assert s.guard.holds("w2", "coder"), "the most urgent agent went first"
+    s.check()
+
+
+def test_an_allocation_short_of_room_releases_the_oldest_protection_and_retries(stack_factory) -> None:
+    s = stack_factory()
+    nodes = s.seed({"coder": CODER})
+    assert s.guard.pages == 3
+    big = state(prompt(6, 31 * PS - 3))  # 31 of 32 pages: fits only without the protection
+    s.run(big)
+    assert big.num_output == 2, "admitted and finished"
+    assert len(s.guard) == 0 and s.pf.stats.released_unused == 1
+    with s.lock:
+        assert nodes["coder"].device_pages is None
+    s.check()
+
+
+def test_a_plan_change_cancels_queued_prefetches(stack_factory) -> None:
+    s = stack_factory(budget=16, look_ahead=2)
+    s.workflows.register("w", GRAPH)
+    s.run(state(CODER, "w", "coder"), state(TESTER, "w", "tester"))
+    s.offload_all()
+    s.copier.gate.clear()
+    s.copier.waiting.clear()
+    with s.lock:
+        s.workflows.register("w2", GRAPH)
+        s.pf.tick()
+    assert s.copier.waiting.wait(10), "the first prefetch never started"
+    queued = s.pf.controller.queued()
+    assert [t.agent_id for t in queued] == ["tester"] and len(s.guard) == 1
+    with s.lock:
+        s.workflows.finish("w2")
+        s.pf.tick()
+    assert queued[0].state is TaskState.CANCELLED and queued[0].reason == "no longer due"
+    assert len(s.guard) == 0, "the running prefetch's protection went with its workflow"
+    s.copier.gate.set()
+    assert s.pf.wait_idle()
+    assert s.pf.stats.completed == 1 and s.pf.stats.cancelled == 1
+    s.check()
