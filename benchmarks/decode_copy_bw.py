@@ -16,7 +16,8 @@ alone and beside the copies (the copies' cost to decode). Copiers:
 - ``direct-layered``: the same in 4 layer groups (``prefetch_wait_mode: layer``);
 - ``kernel``: the Triton kernel reading pinned host memory (``hicache_io_backend: kernel``).
 
-Needs a CUDA or ROCm GPU; on the CPU it says so and exits with status 2.
+Each copier's first load (also its warm-up) is checked bit-exact against the host pages; exit
+status 1 when one is not. Needs a CUDA or ROCm GPU; on the CPU it says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ def run_loads(copier: PageCopier, loads: list[tuple[list[int], list[int]]], devi
     return seconds[0]
 
 
+def lands_exactly(copier: PageCopier, dev: DeviceKVBuffer, host: HostKVBuffer,
+                  load: tuple[list[int], list[int]], device: torch.device) -> bool:
+    """Load ``load`` into a zeroed device buffer; True when every page of every layer is bit-exact."""
+    host_pages, device_pages = load
+    dev.buffer.zero_()
+    run_loads(copier, [load], device)
+    got = dev.buffer[:, :, torch.tensor(device_pages, device=device)]
+    want = host.buffer[torch.tensor(host_pages)].permute(1, 2, 0, 3, 4, 5).to(device)
+    return torch.equal(got, want)
+
+
 def compute_loop(stop: threading.Event, x: torch.Tensor, w: torch.Tensor, steps: list[float]) -> None:
     """Decode-like work on the default stream until ``stop``; appends seconds per step of 16 matmuls."""
     while not stop.is_set():
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.pages * 2
     dev = DeviceKVBuffer(layers, n, ps, heads, dim, dtype, device)
     host = HostKVBuffer(layers, n, ps, heads, dim, dtype, pin_memory=True)
+    host.buffer.copy_(torch.randn(host.buffer.shape, generator=torch.Generator().manual_seed(args.seed)).to(dtype))
     rng = random.Random(args.seed)
     loads = []
     for _ in range(args.loads):
@@ -131,14 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load: {args.loads} x {args.pages} pages x {host.bytes_per_page / 2**20:.1f} MiB = {nbytes / 1e9:.2f} GB; "
           f"compute step alone {step_alone * 1e3:.2f} ms (median)")
     print(f"{'copier':<16} {'alone GB/s':>11} {'w/ compute GB/s':>16} {'meter GB/s':>11} "
-          f"{'meter during-decode GB/s':>25} {'compute step w/ copies':>23}")
+          f"{'meter during-decode GB/s':>25} {'compute step w/ copies':>23}  bit-exact")
+    failed = False
     for name in [c for c in args.copiers.split(",") if c]:
         try:
             copier = make(name, dev, host)
         except Exception as exc:  # e.g. no Triton for the kernel copier
             print(f"{name:<16} unavailable: {exc}")
             continue
-        run_loads(copier, loads[:1], device)  # warm-up
+        exact = lands_exactly(copier, dev, host, loads[0], device)  # also the warm-up
+        failed |= not exact
         alone = nbytes / run_loads(copier, loads, device) / 1e9
         stats = PrefetchStats()
         meter = copier.meter = TransferMeter(stats, device)
@@ -159,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         during = stats.decode_bytes / stats.decode_seconds / 1e9 if stats.decode_seconds else float("nan")
         step = sorted(steps)[len(steps) // 2] if steps else float("nan")
         print(f"{name:<16} {alone:>11.1f} {beside:>16.1f} {metered:>11.1f} {during:>25.1f} "
-              f"{step * 1e3:>19.2f} ms ({step / step_alone:.2f}x)")
-    return 0
+              f"{step * 1e3:>19.2f} ms ({step / step_alone:.2f}x)  {'yes' if exact else 'NO'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
