@@ -48,6 +48,7 @@ def create_app(engine: Any, config: Any) -> FastAPI:
 
         @app.get("/metrics")
         async def metrics() -> Response:
+            await state.refresh_page_gauges()
             return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models", dependencies=[Depends(_require_api_key)])

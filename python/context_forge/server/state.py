@@ -6,6 +6,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from context_forge.metrics import Metrics
 from context_forge.workflow.errors import UnknownWorkflowError
 from context_forge.workflow.graph import WorkflowGraph
@@ -22,6 +24,13 @@ class ServerState:
     def from_engine(cls, engine: Any, config: Any) -> ServerState:
         names = [engine.model_name]
         return cls(engine=engine, metrics=engine.metrics, model_names=names, api_key=config.api_key or None)
+
+    async def refresh_page_gauges(self) -> None:
+        """Re-reads the engine's pages by state into the gauges (in a worker thread: the engine lock
+        may be held by a step). Engines without the breakdown are left alone."""
+        read = getattr(self.engine, "page_states", None)
+        if callable(read):
+            await anyio.to_thread.run_sync(read)
 
     def engine_alive(self) -> bool:
         alive = getattr(self.engine, "is_alive", None)

@@ -70,6 +70,23 @@ class Server:
         with self.engine.parts.lock:
             return not self.engine.scheduler.has_work
 
+    def pages(self) -> dict[str, float]:
+        """`context_forge_device_pages` by state, as /metrics shows them, plus `capacity`."""
+        m = self.metrics()
+        out = {s: m[f'context_forge_device_pages{{state="{s}"}}'] for s in ("free", "cached", "in_use", "loading")}
+        out["capacity"] = m['context_forge_pool_capacity_pages{pool="device"}']
+        return out
+
+    def check_pages(self) -> None:
+        """Once idle: /metrics shows free + cached + in_use + loading == capacity with nothing in
+        use, and the engine's own page accounting holds. Every server test ends with this."""
+        wait_until(self.engine_idle, what="engine idle")
+        pages = self.pages()
+        total = pages["free"] + pages["cached"] + pages["in_use"] + pages["loading"]
+        assert total == pages["capacity"], f"/metrics device pages {pages} do not sum to the capacity"
+        assert pages["in_use"] == 0, f"{pages['in_use']} device pages in use on an idle server: {pages}"
+        self.engine.check_invariants()
+
     def check_no_leak(self) -> None:
         """Once idle, no request holds device pages (cached prefixes may) and page accounting holds."""
         wait_until(self.engine_idle, what="engine idle")
@@ -109,6 +126,8 @@ def running_server(**overrides: Any) -> Iterator[Server]:
     try:
         with serve_app(engine, config) as server:
             yield server
+            if engine.is_alive() and config.enable_metrics:
+                server.check_pages()
     finally:
         engine.shutdown()
 
