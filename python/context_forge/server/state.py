@@ -41,16 +41,17 @@ class ServerState:
     def register_workflow(self, workflow_id: str, graph: WorkflowGraph) -> None:
         self.engine.workflows.register(workflow_id, graph)
 
-    def agent_finished(self, workflow_id: str, agent_id: str) -> bool:
+    def agent_finished(self, workflow_id: str, agent_id: str) -> str | None:
         """Marks the agent done in a registered workflow (also one that never sent a request, such as
-        a skipped optional agent). Returns False for a dynamic workflow, which has no graph to update."""
+        a skipped optional agent). Returns None when applied, else why nothing changed: a dynamic
+        workflow has no graph to update, and a finish is never counted twice (see
+        ``StepTracker.report_finished``)."""
         live = self.engine.workflows
         with self._lock():
             if workflow_id in live.tracker:
-                live.agent_finished(workflow_id, agent_id)
-                return True
+                return live.agent_finished(workflow_id, agent_id)
             if live.is_dynamic(workflow_id):
-                return False
+                return f"workflow {workflow_id!r} is dynamic (no registered graph), so there is nothing to mark"
         raise UnknownWorkflowError(workflow_id)
 
     def finish_workflow(self, workflow_id: str) -> None:
