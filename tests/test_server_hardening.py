@@ -119,7 +119,20 @@ def raw_request(url: str, head: str, body_chunks: Iterator[bytes], read_after: i
                 break
             sock.sendall(chunk)
             sent += len(chunk)
-        return sock.recv(65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            data = sock.recv(65536)
+            assert data, f"connection closed before a full answer: {answer!r}"
+            answer += data
+        return answer
+
+
+def _length(answer: bytes) -> int:
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
 
 
 def test_oversize_content_length_is_413_before_the_body_is_read(small_limit: Server, server: Server) -> None:

@@ -171,8 +171,8 @@ def _encodable(text: str) -> bool:
 
 def _unencodable(loc: tuple[Any, ...], key: bool = False) -> None:
     param = _loc_to_param(loc)
-    where = f"'{param}'" if param else "the request body"
-    what = "a key of " + where if key else where
+    where = f"'{param}'" if param else "request body"
+    what = f"key in {where}" if key else where
     raise bad_request(
         f"invalid {what}: text must be valid Unicode (it holds an unpaired surrogate such as \\ud800)",
         param,
