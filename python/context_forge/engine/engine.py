@@ -111,6 +111,12 @@ class Engine:
         if self.prefetch is not None:
             self.prefetch.stop()
 
+    @property
+    def live_requests(self) -> int:
+        """Requests submitted and not yet finished or aborted."""
+        with self._cv:
+            return len(self._live)
+
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._error is None
 
