@@ -38,3 +38,15 @@ def test_api_doc_starts_the_server_exactly_as_the_readme_does():
     start = "python -m context_forge."
     assert _first_command(api, start) == _first_command(readme, start)
     assert _first_command(readme, start) == "python -m context_forge.launch_server --config configs/tiny-cpu.yaml"
+
+
+def test_api_doc_lists_every_metric():
+    import re
+
+    from context_forge.metrics import Metrics
+
+    api = (ROOT / "docs/api.md").read_text()
+    table = api.split("## Metrics", 1)[1]
+    documented = {name.split("{")[0] for name in re.findall(r"`([a-z0-9_]+(?:\{[^}`]*\})?)`", table)}
+    exported = {name.removeprefix("context_forge_") for name in Metrics().registry.names()}
+    assert exported <= documented, f"metrics missing from docs/api.md: {sorted(exported - documented)}"

@@ -255,6 +255,10 @@ class Registry:
         self._metrics[metric.name] = metric
         return metric
 
+    def names(self) -> list[str]:
+        """Names of the registered metrics, in registration order."""
+        return list(self._metrics)
+
     def get(self, name: str) -> _Metric:
         try:
             return self._metrics[name]
