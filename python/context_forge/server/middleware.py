@@ -29,7 +29,7 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-def error_body(status: int, message: str, type_: str, code: str | None = None) -> bytes:
+def error_body(message: str, type_: str, code: str | None = None) -> bytes:
     """An OpenAI-shaped error body as JSON bytes."""
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return json.dumps(body).encode()
@@ -83,7 +83,7 @@ class BodyLimit:
 
 
 def too_large_body(limit: int) -> bytes:
-    return error_body(413, str(BodyTooLarge(limit)), "invalid_request_error", "request_too_large")
+    return error_body(str(BodyTooLarge(limit)), "invalid_request_error", "request_too_large")
 
 
 class CatchAll:
@@ -113,7 +113,7 @@ class CatchAll:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 message = f"internal server error ({type(exc).__name__})"
-                await send_json(send, 500, error_body(500, message, "server_error"))
+                await send_json(send, 500, error_body(message, "server_error"))
 
 
 def install(app: Any, max_request_bytes: int) -> None:
