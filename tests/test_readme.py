@@ -21,3 +21,32 @@ def test_quick_start_commands_point_at_real_files():
     assert (ROOT / "configs/tiny-cpu.yaml").is_file()
     ci = (ROOT / ".ci/run").read_text()
     assert "bash scripts/test.sh" in ci
+
+
+def _first_command(markdown: str, prefix: str) -> str:
+    """The first line of a fenced bash block that contains `prefix`, from `prefix` on."""
+    for block in markdown.split("```bash\n")[1:]:
+        for line in block.split("```")[0].splitlines():
+            if prefix in line:
+                return line[line.index(prefix):].strip()
+    raise AssertionError(f"no bash block runs {prefix!r}")
+
+
+def test_api_doc_starts_the_server_exactly_as_the_readme_does():
+    readme = (ROOT / "README.md").read_text()
+    api = (ROOT / "docs/api.md").read_text()
+    start = "python -m context_forge."
+    assert _first_command(api, start) == _first_command(readme, start)
+    assert _first_command(readme, start) == "python -m context_forge.launch_server --config configs/tiny-cpu.yaml"
+
+
+def test_api_doc_lists_every_metric():
+    import re
+
+    from context_forge.metrics import Metrics
+
+    api = (ROOT / "docs/api.md").read_text()
+    table = api.split("## Metrics", 1)[1]
+    documented = {name.split("{")[0] for name in re.findall(r"`([a-z0-9_]+(?:\{[^}`]*\})?)`", table)}
+    exported = {name.removeprefix("context_forge_") for name in Metrics().registry.names()}
+    assert exported <= documented, f"metrics missing from docs/api.md: {sorted(exported - documented)}"

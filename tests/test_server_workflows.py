@@ -50,8 +50,11 @@ def test_register_use_and_finish_a_workflow(server: Server, client: openai.OpenA
     assert out.usage.completion_tokens <= 3
     assert server.metric('context_forge_workflow_requests_total{workflow_id="wf-main"}') == before + 1
 
+    # The server saw the planner's request finish: the coder is next without any event, and a
+    # report of that finish changes nothing.
+    assert server.engine.workflows.tracker.instance_steps("wf-main", "coder") == 0
     r = event(server, "wf-main", event="agent_finished", agent_id="planner")
-    assert r.status_code == 200 and r.json()["applied"] is True
+    assert r.status_code == 200 and r.json()["applied"] is False and "planner" in r.json()["reason"]
     assert server.engine.workflows.tracker.instance_steps("wf-main", "coder") == 0
     # SGLang-style custom_params carry the same metadata.
     client.completions.create(
@@ -60,7 +63,8 @@ def test_register_use_and_finish_a_workflow(server: Server, client: openai.OpenA
     )
     assert server.metric('context_forge_workflow_requests_total{workflow_id="wf-main"}') == before + 2
     # A skipped optional agent is reported finished without ever sending a request.
-    assert event(server, "wf-main", event="agent_finished", agent_id="reviewer").status_code == 200
+    r = event(server, "wf-main", event="agent_finished", agent_id="reviewer")
+    assert r.status_code == 200 and r.json()["applied"] is True and "reason" not in r.json()
 
     assert event(server, "wf-main", event="workflow_finished").status_code == 200
     assert "wf-main" not in live(server)
@@ -144,6 +148,98 @@ def test_dynamic_workflow_from_request_metadata(server: Server, client: openai.O
     assert "wf-dyn" in live(server)
     assert httpx.get(server.base_url + "/workflows/wf-dyn").status_code == 404  # no declared graph
     r = event(server, "wf-dyn", event="agent_finished", agent_id="solo")
-    assert r.status_code == 200 and r.json()["applied"] is False
+    assert r.status_code == 200 and r.json()["applied"] is False and "dynamic" in r.json()["reason"]
     assert event(server, "wf-dyn", event="workflow_finished").status_code == 200
     assert "wf-dyn" not in live(server)
+
+
+def graph_state(server: Server, workflow_id: str) -> tuple[dict[str, float], int, int]:
+    """Every agent's steps in the instance, its completed rounds and rounds begun."""
+    tracker = server.engine.workflows.tracker
+    with server.engine.workflows.lock:
+        graph = tracker.graph_of(workflow_id)
+        steps = {a: tracker.instance_steps(workflow_id, a) for a in graph.agent_ids}
+        return steps, tracker.completed_rounds(workflow_id), tracker.rounds_started(workflow_id)
+
+
+def run_agent(client: openai.OpenAI, workflow_id: str, agent_id: str) -> None:
+    client.completions.create(model=MODEL, prompt=f"{agent_id} works", max_tokens=2,
+                              extra_body={"workflow": {"workflow_id": workflow_id, "agent_id": agent_id}})
+
+
+def test_duplicate_events_never_move_the_step_graph_twice(server: Server, client: openai.OpenAI) -> None:
+    assert register(server, "wf-idem", PIPELINE).status_code == 201
+    run_agent(client, "wf-idem", "planner")
+    before = graph_state(server, "wf-idem")
+    for _ in range(3):
+        r = event(server, "wf-idem", event="agent_finished", agent_id="planner")
+        assert r.json()["applied"] is False and "already finished" in r.json()["reason"]
+        assert graph_state(server, "wf-idem") == before
+    assert event(server, "wf-idem", event="agent_finished", agent_id="coder").json()["applied"] is True
+    skipped = graph_state(server, "wf-idem")
+    assert skipped[0]["reviewer"] == 0
+    assert event(server, "wf-idem", event="agent_finished", agent_id="coder").json()["applied"] is False
+    assert graph_state(server, "wf-idem") == skipped
+    assert event(server, "wf-idem", event="workflow_finished").status_code == 200
+
+
+def test_repeated_skip_that_completed_a_round_does_not_finish_the_next(
+    server: Server, client: openai.OpenAI
+) -> None:
+    assert register(server, "wf-loop", PIPELINE, repeat=True).status_code == 201
+    run_agent(client, "wf-loop", "planner")
+    run_agent(client, "wf-loop", "coder")
+    assert event(server, "wf-loop", event="agent_finished", agent_id="reviewer").json()["applied"] is True
+    steps, completed, _ = after_round = graph_state(server, "wf-loop")
+    assert completed == 1 and steps["planner"] == 0  # the skip completed round 1; round 2 is next
+    r = event(server, "wf-loop", event="agent_finished", agent_id="reviewer")
+    assert r.json()["applied"] is False and "next round" in r.json()["reason"]
+    assert graph_state(server, "wf-loop") == after_round
+    # Once round 2 is under way, skipping the reviewer again is a new report, applied once.
+    run_agent(client, "wf-loop", "planner")
+    run_agent(client, "wf-loop", "coder")
+    assert event(server, "wf-loop", event="agent_finished", agent_id="reviewer").json()["applied"] is True
+    assert graph_state(server, "wf-loop")[1] == 2
+    assert event(server, "wf-loop", event="agent_finished", agent_id="reviewer").json()["applied"] is False
+    assert graph_state(server, "wf-loop")[1] == 2
+    assert event(server, "wf-loop", event="workflow_finished").status_code == 200
+
+
+def test_duplicate_skip_in_a_predicted_last_round_changes_nothing(server: Server, client: openai.OpenAI) -> None:
+    loop = [{"agent_id": "lead"}, {"agent_id": "helper", "depends_on": ["lead"], "optional": True}]
+    for i in range(3):  # ended instances that ran one round each: the rounds model expects one
+        wid = f"wf-once-{i}"
+        assert register(server, wid, loop, repeat=True).status_code == 201
+        run_agent(client, wid, "lead")
+        assert event(server, wid, event="workflow_finished").status_code == 200
+    assert register(server, "wf-last", loop, repeat=True).status_code == 201
+    run_agent(client, "wf-last", "lead")
+    # Predicted to be the last round: the lead, done, is not expected again (in a round that is
+    # expected to continue it would be due a finite number of steps from now).
+    assert graph_state(server, "wf-last")[0]["lead"] == float("inf")
+    r = event(server, "wf-last", event="agent_finished", agent_id="helper")
+    assert r.json()["applied"] is True
+    done = graph_state(server, "wf-last")
+    assert done == ({"lead": float("inf"), "helper": float("inf")}, 0, 1)  # nothing is due any more
+    for _ in range(2):
+        r = event(server, "wf-last", event="agent_finished", agent_id="helper")
+        assert r.json()["applied"] is False and "already finished" in r.json()["reason"]
+        r = event(server, "wf-last", event="agent_finished", agent_id="lead")
+        assert r.json()["applied"] is False
+        assert graph_state(server, "wf-last") == done
+    assert event(server, "wf-last", event="workflow_finished").status_code == 200
+
+
+def test_event_for_an_agent_whose_request_is_running_waits_for_that_request(server: Server) -> None:
+    assert register(server, "wf-busy", PIPELINE).status_code == 201
+    with server.engine.workflows.lock:  # as the engine does when the planner's request starts
+        server.engine.workflows.on_request("wf-busy", "planner")
+    try:
+        r = event(server, "wf-busy", event="agent_finished", agent_id="planner")
+        assert r.json()["applied"] is False and "running" in r.json()["reason"]
+        assert graph_state(server, "wf-busy")[0]["planner"] == 0  # still running
+    finally:
+        with server.engine.workflows.lock:
+            server.engine.workflows.on_request_finished("wf-busy", "planner")
+    assert graph_state(server, "wf-busy")[0]["coder"] == 0
+    assert event(server, "wf-busy", event="workflow_finished").status_code == 200

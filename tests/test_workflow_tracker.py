@@ -243,3 +243,52 @@ def test_incremental_matches_from_scratch(graphs: list[WorkflowGraph], data: st.
             a for a in agents if optional_everywhere[a] and expected[a] < math.inf
         }
         assert feed.drain() == {a for a in agents if before[a] != after[a]}
+
+
+def instance_state(t: StepTracker, instance: str) -> tuple[dict[str, float], int, int]:
+    agents = t.graph_of(instance).agent_ids
+    return ({a: t.instance_steps(instance, a) for a in agents}, t.completed_rounds(instance),
+            t.rounds_started(instance))
+
+
+def test_report_finished_is_idempotent_in_a_plain_graph() -> None:
+    t = StepTracker()
+    t.register("w", CHAIN)
+    run(t, "w", "P")
+    before = instance_state(t, "w")
+    assert "already finished" in (t.report_finished("w", "P") or "")
+    assert instance_state(t, "w") == before
+    t.agent_started("w", "E")
+    assert "running" in (t.report_finished("w", "E") or "")
+    assert instance_state(t, "w")[0]["E"] == 0
+    t.agent_finished("w", "E")
+    assert t.report_finished("w", "X") is None  # X made no request: the report applies once
+    after = instance_state(t, "w")
+    assert after[0]["R"] == 0
+    assert t.report_finished("w", "X") is not None and instance_state(t, "w") == after
+
+
+def test_report_that_completed_a_round_is_not_applied_to_the_next_round() -> None:
+    t = StepTracker()
+    t.register("w", PEER)
+    run(t, "w", "P", "E", "X")
+    assert t.report_finished("w", "R") is None  # the skip completes round 1
+    new_round = instance_state(t, "w")
+    assert new_round[1] == 1 and new_round[0]["P"] == 0
+    assert "next round" in (t.report_finished("w", "R") or "")
+    assert instance_state(t, "w") == new_round
+    run(t, "w", "P", "E", "X")  # round 2 under way: skipping R is a new report
+    assert t.report_finished("w", "R") is None and t.completed_rounds("w") == 2
+
+
+def test_report_in_a_last_round_changes_nothing_twice() -> None:
+    t = StepTracker()
+    t.register("w", PEER)
+    run(t, "w", "P", "E", "X")
+    t.set_last_round("w")
+    assert t.report_finished("w", "R") is None
+    done = instance_state(t, "w")
+    assert done == (dict.fromkeys("PEXR", math.inf), 0, 1)
+    for agent in "PEXR":
+        assert t.report_finished("w", agent) is not None
+    assert instance_state(t, "w") == done

@@ -99,6 +99,7 @@ class ServerConfig:
     enable_metrics: bool = _opt(True, "Serve Prometheus metrics at /metrics.")
     api_key: str | None = _opt(None, "If set, requests must send 'Authorization: Bearer <api_key>'.")
     max_queued_requests: int | None = _opt(None, "Reject new requests when this many wait; null = unbounded.")
+    max_request_bytes: int = _opt(8 * 1024 * 1024, "Largest HTTP request body in bytes; larger ones get 413 before they are read or parsed.")
     stream_interval: int = _opt(1, "Send a streaming chunk every this many decoded tokens.")
 
     def __post_init__(self) -> None:
@@ -230,6 +231,7 @@ class ServerConfig:
         need(0.0 <= self.prefetch_budget <= 1.0, "prefetch_budget", "must be in [0, 1]")
         need(self.predictor_smoothing > 0.0, "predictor_smoothing", "must be > 0")
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        need(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
         try:
             check_thresholds(self.pressure_thresholds, self.pressure_hysteresis)
         except ValueError as exc:

@@ -255,6 +255,10 @@ class Registry:
         self._metrics[metric.name] = metric
         return metric
 
+    def names(self) -> list[str]:
+        """Names of the registered metrics, in registration order."""
+        return list(self._metrics)
+
     def get(self, name: str) -> _Metric:
         try:
             return self._metrics[name]
@@ -274,7 +278,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     """Every metric Context Forge exports, named `context_forge_*`; `render()` gives the /metrics body.
 
-    Pool gauges take a `pool` label (`device` or `host`); `evicted_pages` takes a `tier` label
+    Pool gauges take a `pool` label (`device` or `host`); `device_pages` and `host_pages` take a
+    `state` label (see `engine.pages`); `evicted_pages` takes a `tier` label
     (`device`: device pages dropped or written back, `host`: host pages dropped).
     `pressure_mode` holds the integer value of `memory.pressure.PressureMode`
     (0 relaxed, 1 normal, 2 pressure, 3 critical, 4 emergency).
@@ -332,8 +337,19 @@ class Metrics:
         )
         self.load_backs = counter("load_backs_total", "On-demand host-to-device loads.")
         self.load_back_pages = counter("load_back_pages_total", "Pages moved by on-demand loads.")
-        self.pool_used_pages = gauge("pool_used_pages", "Pages in use, by pool.", ("pool",))
+        self.pool_used_pages = gauge(
+            "pool_used_pages", "Pages not free, by pool (evictable cached pages included).", ("pool",)
+        )
         self.pool_capacity_pages = gauge("pool_capacity_pages", "Pool capacity in pages.", ("pool",))
+        self.device_pages = gauge(
+            "device_pages",
+            "Device KV pages by state (free, cached, in_use, loading; they sum to the capacity), "
+            "read when /metrics is scraped.",
+            ("state",),
+        )
+        self.host_pages = gauge(
+            "host_pages", "Host KV pages by state (cached, free), read when /metrics is scraped.", ("state",)
+        )
         self.pressure_mode = gauge(
             "pressure_mode", "Memory pressure mode: 0 relaxed, 1 normal, 2 pressure, 3 critical, 4 emergency."
         )

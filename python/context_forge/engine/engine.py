@@ -32,6 +32,7 @@ from context_forge.workflow.errors import WorkflowError
 from .builder import EngineParts, build
 from .errors import DuplicateRequest, EngineError
 from .output import OutputStream
+from .pages import PageStates, page_states
 from .req_state import ReqState
 from .request import GenerateOutput, GenerateRequest
 from .sampling import SampleSlot, make_generator, sample
@@ -83,6 +84,7 @@ class Engine:
                 self._idle_timeout = _PREFETCH_POLL_S
                 p.workflows.add_listener(self._on_workflow_change)
             self.prefetch.start()
+        self.page_states()  # the per-state gauges start out exact, before the first scrape
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -109,6 +111,12 @@ class Engine:
                 self._abort_state(st)
         if self.prefetch is not None:
             self.prefetch.stop()
+
+    @property
+    def live_requests(self) -> int:
+        """Requests submitted and not yet finished or aborted."""
+        with self._cv:
+            return len(self._live)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._error is None
@@ -353,6 +361,14 @@ class Engine:
             log.debug("workflow update for %s ignored: %s", st.rid, exc)
 
     # ---------------------------------------------------------------- checks
+    def page_states(self) -> PageStates:
+        """Device and host pages by state, one consistent snapshot (also published as the
+        ``device_pages`` / ``host_pages`` gauges). Takes the engine lock: call it off the event loop."""
+        with self._lock:
+            pages = page_states(self.kv, self.parts.host_pool)
+            self.stats.publish_pages(pages)
+        return pages
+
     def check_invariants(self) -> None:
         """Assert page accounting (free + cached + in-use == total) and cache invariants."""
         with self._lock:

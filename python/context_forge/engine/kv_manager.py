@@ -308,6 +308,10 @@ class KVManager:
         st.shared_pages = len(shared)
 
     # ---------------------------------------------------------------- accounting
+    def shared_page_ids(self) -> list[int]:
+        """Ids of the cached pages that running requests reuse (each once)."""
+        return list(self._locked)
+
     @property
     def locked_pages(self) -> int:
         """Distinct cached pages that running requests reuse (not evictable now)."""

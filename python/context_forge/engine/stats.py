@@ -17,6 +17,7 @@ from context_forge.prefetch.ledger import PrefetchStats
 from context_forge.prefetch.service import WorkflowPrefetcher
 
 from .kv_manager import AdmitResult
+from .pages import PageStates
 
 
 @dataclass
@@ -70,6 +71,17 @@ class EngineStats:
             c.prefetch_stall_s += hit.stall_s
             m.prefetch_stall_seconds.inc(hit.stall_s)
             m.load_stall_seconds.inc(hit.stall_s)
+
+    def publish_pages(self, pages: PageStates) -> None:
+        """Set the per-state page gauges (and the pool gauges) from one snapshot."""
+        m = self.metrics
+        for state, n in pages.device().items():
+            m.device_pages.set(n, state=state)
+        for state, n in pages.host().items():
+            m.host_pages.set(n, state=state)
+        m.pool_used_pages.set(pages.capacity - pages.free, pool="device")
+        if pages.host_capacity:
+            m.pool_used_pages.set(pages.host_capacity - pages.host_free, pool="host")
 
     def on_step(self, prefill_tokens: int, preempted: int, running: int, waiting: int,
                 mode: PressureMode) -> None:

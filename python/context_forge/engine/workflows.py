@@ -49,12 +49,15 @@ class SharedWorkflows(LiveWorkflows):
             super().on_request_finished(workflow_id, agent_id)
             self._changed(workflow_id)
 
-    def agent_finished(self, workflow_id: str, agent_id: str) -> None:
-        """The agent completed in a registered workflow (also one that sent no request, e.g. a
-        skipped optional agent). Raises ``UnknownWorkflowError`` for an unregistered workflow."""
+    def agent_finished(self, workflow_id: str, agent_id: str) -> str | None:
+        """A client reports the agent completed in a registered workflow (e.g. a skipped optional
+        agent). Idempotent (``StepTracker.report_finished``): returns None when applied, else why
+        nothing changed. Raises ``UnknownWorkflowError`` for an unregistered workflow."""
         with self.lock:
-            self.tracker.agent_finished(workflow_id, agent_id)
-            self._changed(workflow_id)
+            reason = self.tracker.report_finished(workflow_id, agent_id)
+            if reason is None:
+                self._changed(workflow_id)
+            return reason
 
     def finish(self, workflow_id: str) -> None:
         with self.lock:

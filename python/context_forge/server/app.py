@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from context_forge.metrics import CONTENT_TYPE
-from context_forge.server import completions, workflows
+from context_forge.server import completions, middleware, workflows
 from context_forge.server.errors import APIError, install_handlers
 from context_forge.server.protocol import ModelCard, ModelList
 from context_forge.server.state import ServerState
@@ -36,6 +36,7 @@ def create_app(engine: Any, config: Any) -> FastAPI:
     state = ServerState.from_engine(engine, config)
     app.state.cf = state
     install_handlers(app)
+    middleware.install(app, config.max_request_bytes)
 
     @app.get("/health")
     async def health() -> Response:
@@ -47,6 +48,7 @@ def create_app(engine: Any, config: Any) -> FastAPI:
 
         @app.get("/metrics")
         async def metrics() -> Response:
+            await state.refresh_page_gauges()
             return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models", dependencies=[Depends(_require_api_key)])

@@ -2,13 +2,17 @@
 
 Every failure the server reports goes through `APIError`; FastAPI's own validation errors (422) and
 HTTP exceptions are re-shaped so that clients only ever see this one shape. Unexpected exceptions
-become a 500 whose message names the exception type only, never internal state.
+become a 500 whose message names the exception type only, never internal state (`server.middleware`
+answers those without dropping the connection).
+
+Request bodies are checked before any model sees them: valid JSON, nesting no deeper than
+`MAX_JSON_DEPTH`, and every string (keys too) encodable as UTF-8 (JSON allows unpaired surrogate
+escapes such as "\\ud800", which no tokenizer can encode); each failure is a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,9 +22,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from context_forge.server.middleware import BodyTooLarge
 from context_forge.server.protocol import ErrorBody, ErrorResponse
 
-log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 _TYPES = {
@@ -95,6 +99,8 @@ def validation_error(exc: ValidationError | RequestValidationError, prefix: tupl
     first = errors[0]
     if first.get("type") == "missing":
         msg = f"missing required field '{param}'"
+    elif first.get("type") == "finite_number":
+        msg = f"{what} must be a finite number, got {first.get('input')!r}"
     else:
         msg = f"invalid {what}: {first.get('msg', 'invalid value')}"
     if len(errors) > 1:
@@ -113,16 +119,65 @@ def _split_union(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
     return loc, None
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have."""
+
+
 def parse_json_body(raw: bytes) -> Any:
-    """Decodes a request body; malformed JSON is a 400 naming line and column."""
+    """Decodes a request body; malformed JSON is a 400 naming line and column, and so are bodies
+    nested deeper than `MAX_JSON_DEPTH` or holding text that cannot be encoded (naming the field)."""
     if not raw.strip():
         raise bad_request("request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except UnicodeDecodeError:
         raise bad_request("request body is not valid UTF-8") from None
     except json.JSONDecodeError as e:
         raise bad_request(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise bad_request(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    check_text(data)
+    return data
+
+
+def check_text(data: Any) -> None:
+    """Raises a 400 naming the first field whose text (value or key) is not encodable as UTF-8,
+    or the first place nested deeper than `MAX_JSON_DEPTH`. Iterative: any depth is safe."""
+    todo: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while todo:
+        value, loc = todo.pop()
+        if len(loc) > MAX_JSON_DEPTH:
+            raise bad_request(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)",
+                              _loc_to_param(loc))
+        if isinstance(value, str):
+            if not _encodable(value):
+                _unencodable(loc)
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                if not _encodable(key):
+                    _unencodable(loc, key=True)
+                todo.append((item, (*loc, key)))
+        elif isinstance(value, list):
+            todo.extend((item, (*loc, i)) for i, item in reversed(list(enumerate(value))))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unencodable(loc: tuple[Any, ...], key: bool = False) -> None:
+    param = _loc_to_param(loc)
+    where = f"'{param}'" if param else "request body"
+    what = f"key in {where}" if key else where
+    raise bad_request(
+        f"invalid {what}: text must be valid Unicode (it holds an unpaired surrogate such as \\ud800)",
+        param,
+        "invalid_text",
+    )
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:
@@ -151,7 +206,9 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal server error ({type(exc).__name__})", type="server_error")
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return error_response(413, str(exc), code="request_too_large")
+
+    # Anything else is answered by `middleware.CatchAll` (a handler for `Exception` here would run
+    # in Starlette's server-error middleware, which re-raises and so drops the connection).

@@ -8,9 +8,12 @@ by `server.convert`, not silently ignored.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+"""A float that rejects NaN and infinities (JSON as Python parses it allows `NaN` and `Infinity`)."""
 
 
 class _Request(BaseModel):
@@ -37,8 +40,8 @@ class SamplingFields(_Request):
 
     model: StrictStr
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = -1
     n: int = 1
     stop: StrictStr | list[StrictStr] | None = None
@@ -47,9 +50,9 @@ class SamplingFields(_Request):
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = Field(default=0.0, allow_inf_nan=False)
+    frequency_penalty: float = Field(default=0.0, allow_inf_nan=False)
+    logit_bias: dict[str, FiniteFloat] | None = None
     logprobs: Any = None
     user: str | None = None
     workflow: Any = None

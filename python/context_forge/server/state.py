@@ -6,6 +6,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from context_forge.metrics import Metrics
 from context_forge.workflow.errors import UnknownWorkflowError
 from context_forge.workflow.graph import WorkflowGraph
@@ -23,6 +25,13 @@ class ServerState:
         names = [engine.model_name]
         return cls(engine=engine, metrics=engine.metrics, model_names=names, api_key=config.api_key or None)
 
+    async def refresh_page_gauges(self) -> None:
+        """Re-reads the engine's pages by state into the gauges (in a worker thread: the engine lock
+        may be held by a step). Engines without the breakdown are left alone."""
+        read = getattr(self.engine, "page_states", None)
+        if callable(read):
+            await anyio.to_thread.run_sync(read)
+
     def engine_alive(self) -> bool:
         alive = getattr(self.engine, "is_alive", None)
         return bool(alive()) if callable(alive) else True
@@ -32,16 +41,17 @@ class ServerState:
     def register_workflow(self, workflow_id: str, graph: WorkflowGraph) -> None:
         self.engine.workflows.register(workflow_id, graph)
 
-    def agent_finished(self, workflow_id: str, agent_id: str) -> bool:
+    def agent_finished(self, workflow_id: str, agent_id: str) -> str | None:
         """Marks the agent done in a registered workflow (also one that never sent a request, such as
-        a skipped optional agent). Returns False for a dynamic workflow, which has no graph to update."""
+        a skipped optional agent). Returns None when applied, else why nothing changed: a dynamic
+        workflow has no graph to update, and a finish is never counted twice (see
+        ``StepTracker.report_finished``)."""
         live = self.engine.workflows
         with self._lock():
             if workflow_id in live.tracker:
-                live.agent_finished(workflow_id, agent_id)
-                return True
+                return live.agent_finished(workflow_id, agent_id)
             if live.is_dynamic(workflow_id):
-                return False
+                return f"workflow {workflow_id!r} is dynamic (no registered graph), so there is nothing to mark"
         raise UnknownWorkflowError(workflow_id)
 
     def finish_workflow(self, workflow_id: str) -> None:

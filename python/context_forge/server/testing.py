@@ -70,6 +70,23 @@ class Server:
         with self.engine.parts.lock:
             return not self.engine.scheduler.has_work
 
+    def pages(self) -> dict[str, float]:
+        """`context_forge_device_pages` by state, as /metrics shows them, plus `capacity`."""
+        m = self.metrics()
+        out = {s: m[f'context_forge_device_pages{{state="{s}"}}'] for s in ("free", "cached", "in_use", "loading")}
+        out["capacity"] = m['context_forge_pool_capacity_pages{pool="device"}']
+        return out
+
+    def check_pages(self) -> None:
+        """Once idle: /metrics shows free + cached + in_use + loading == capacity with nothing in
+        use, and the engine's own page accounting holds. Every server test ends with this."""
+        wait_until(self.engine_idle, what="engine idle")
+        pages = self.pages()
+        total = pages["free"] + pages["cached"] + pages["in_use"] + pages["loading"]
+        assert total == pages["capacity"], f"/metrics device pages {pages} do not sum to the capacity"
+        assert pages["in_use"] == 0, f"{pages['in_use']} device pages in use on an idle server: {pages}"
+        self.engine.check_invariants()
+
     def check_no_leak(self) -> None:
         """Once idle, no request holds device pages (cached prefixes may) and page accounting holds."""
         wait_until(self.engine_idle, what="engine idle")
@@ -82,7 +99,9 @@ class Server:
 @contextlib.contextmanager
 def serve_app(engine: Engine, config: ServerConfig) -> Iterator[Server]:
     """uvicorn serving `create_app(engine, config)` in a thread, stopped on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it every
+    # keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -109,6 +128,8 @@ def running_server(**overrides: Any) -> Iterator[Server]:
     try:
         with serve_app(engine, config) as server:
             yield server
+            if engine.is_alive() and config.enable_metrics:
+                server.check_pages()
     finally:
         engine.shutdown()
 

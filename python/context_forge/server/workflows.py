@@ -4,8 +4,10 @@
 `POST /v1/workflows/{workflow_id}/events` {"event": "agent_finished", "agent_id"} | {"event": "workflow_finished"}
 `GET /v1/workflows` lists live instances; `GET /v1/workflows/{workflow_id}` shows one.
 
-An event answers `"applied": false` when it changes nothing: `agent_finished` for a dynamic
-workflow (one without a registered graph).
+An event answers `"applied": false` with a `"reason"` when it changes nothing: `agent_finished`
+for a dynamic workflow (one without a registered graph), for an agent whose request is running,
+or one that a request or an earlier event already marked done (events are idempotent: a repeat
+never moves the step graph twice, also across the start of a new round of a repeat workflow).
 """
 
 from __future__ import annotations
@@ -82,12 +84,12 @@ async def get_workflow(request: Request, workflow_id: str) -> Response:
 async def workflow_event(request: Request, workflow_id: str) -> Response:
     state: ServerState = request.app.state.cf
     event = parse_body(await request.body(), WorkflowEventRequest)
-    applied = True
+    reason: str | None = None
     try:
         if event.event == "agent_finished":
             if event.agent_id is None:
                 raise bad_request("event 'agent_finished' needs 'agent_id'", "agent_id")
-            applied = state.agent_finished(workflow_id, event.agent_id)
+            reason = state.agent_finished(workflow_id, event.agent_id)
         else:
             if event.agent_id is not None:
                 raise bad_request("event 'workflow_finished' takes no 'agent_id'", "agent_id")
@@ -96,5 +98,9 @@ async def workflow_event(request: Request, workflow_id: str) -> Response:
         if isinstance(e, UnknownWorkflowError):
             raise _workflow_error(e, workflow_id) from None
         raise APIError(400, str(e), "agent_id", "unknown_agent") from None
-    body = {"object": "workflow.event", "workflow_id": workflow_id, "event": event.event, "applied": applied}
+    body: dict[str, Any] = {
+        "object": "workflow.event", "workflow_id": workflow_id, "event": event.event, "applied": reason is None
+    }
+    if reason is not None:
+        body["reason"] = reason
     return JSONResponse(body)

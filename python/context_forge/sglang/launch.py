@@ -44,8 +44,10 @@ NATIVE_ONLY_KEYS = (
     "memory_monitor",
     "pressure_thresholds",
     "pressure_hysteresis",
+    "max_request_bytes",
 )
-"""Keys that only the built-in engine reads; SGLang picks its own kernels and waits per layer."""
+"""Keys that only the built-in engine reads; SGLang picks its own kernels and waits per layer, and
+its HTTP server has no request-size limit to map ``max_request_bytes`` to."""
 
 
 

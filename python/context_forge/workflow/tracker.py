@@ -31,6 +31,10 @@ class _Instance:
     values: dict[str, int] = field(default_factory=dict)
     rounds: int = 0
     last_round: bool = False
+    starts: int = 0
+    """Requests of any agent started in the instance so far."""
+    finished_at: dict[str, int] = field(default_factory=dict)
+    """Per agent, `starts` when it last became done."""
 
 
 class StepTracker:
@@ -48,7 +52,8 @@ class StepTracker:
 
     Several concurrent requests of one agent in one instance are counted: the agent stays running
     until each start has been matched by a finish. Finishing an agent that is done and not running
-    changes nothing.
+    changes nothing. `report_finished` is the idempotent entry for a client's own reports (events):
+    it never counts a finish twice, also across the start of a new repeat round.
 
     Incremental: a report touches only the reporting instance's affected agents (the agent and its
     descendants; every agent of a repeat instance). Per agent, the values of all instances live in
@@ -81,6 +86,7 @@ class StepTracker:
         """A request of `agent_id` began in the instance."""
         inst = self._agent_instance(instance_id, agent_id)
         graph = inst.graph
+        inst.starts += 1
         if agent_id in inst.done:
             inst.running[agent_id] = 1
             if graph.repeat:
@@ -105,11 +111,31 @@ class StepTracker:
             return
         inst.running.pop(agent_id, None)
         inst.done.add(agent_id)
+        inst.finished_at[agent_id] = inst.starts
         graph = inst.graph
         if graph.repeat and not inst.last_round and len(inst.done) == len(graph):
             self._new_round(inst)
         else:
             self._refresh(inst, graph.affected_map[agent_id])
+
+    def report_finished(self, instance_id: str, agent_id: str) -> str | None:
+        """A client says the agent finished (a skipped optional agent, or work done elsewhere):
+        mark it done unless that would count one finish twice. Returns None when applied, else
+        why nothing changed: the agent has a request running (its finish will mark it done), it
+        is already done in the current round, or, in a repeat graph, its finish completed the
+        previous round and no request has started in the instance since (so this event repeats
+        that finish instead of reporting one in the new round)."""
+        inst = self._agent_instance(instance_id, agent_id)
+        if inst.running.get(agent_id, 0):
+            return (f"agent {agent_id!r} has a request running in workflow {instance_id!r}; "
+                    "the server marks it done when that request finishes")
+        if agent_id in inst.done:
+            return f"agent {agent_id!r} already finished in the current round of workflow {instance_id!r}"
+        if inst.graph.repeat and inst.finished_at.get(agent_id) == inst.starts:
+            return (f"agent {agent_id!r} already finished in workflow {instance_id!r} and no request has "
+                    "started there since; a second report would mark it done in the next round too")
+        self.agent_finished(instance_id, agent_id)
+        return None
 
     def set_last_round(self, instance_id: str, last: bool = True) -> None:
         """Mark the current round of a repeat instance as its last (or not): its done agents stop
