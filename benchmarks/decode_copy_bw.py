@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from context_forge.prefetch.copier import (
     DEFAULT_LAYER_GROUPS,
     PageCopier,

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from context_forge.attention import get_attention_backend
-from context_forge.engine.kv_buffer import DeviceKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer
 from context_forge.engine.runner import ModelRunner
 from context_forge.model import load_model
 from context_forge.model.llama import Attention

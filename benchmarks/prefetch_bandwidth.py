@@ -53,8 +53,8 @@ from typing import Any
 
 import torch
 from context_forge.cache import PagePool, RadixCache, get_policy
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer, page_runs
-from context_forge.engine.kv_transfer import BufferTransfer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer, page_runs
+from context_forge.kv.buffer_transfer import BufferTransfer
 from context_forge.model.config import ModelConfig
 from context_forge.prefetch import ControllerConfig, PrefetchController, PrefetchTarget, TaskState, make_copier
 from context_forge.prefetch import stream_copier

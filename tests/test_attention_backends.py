@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from context_forge.attention import (
     AttentionBackend, AttentionMetadata, available_attention_backends, get_attention_backend)
-from context_forge.engine.kv_buffer import DeviceKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer
 
 HEADS, KV_HEADS, DIM, PAGE = 6, 2, 8, 4
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from context_forge.cache.policy import get_policy
-from context_forge.cache.pool import PagePool
+from context_forge.kv.pool import PagePool
 from context_forge.cache.tiered import RadixCache
 from context_forge.engine.kv_manager import KVManager
 from context_forge.engine.output import OutputStream

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from context_forge.attention import AttentionMetadata, get_attention_backend
 from context_forge.attention.factory import default_attention_backend
 from context_forge.engine.cuda_graph import DecodeGraphs, batch_buckets, bucket_for, pack_decode
-from context_forge.engine.kv_buffer import DeviceKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer
 from context_forge.engine.runner import ModelRunner
 from context_forge.model import load_model
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from context_forge.engine.engine import Engine
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from context_forge.engine.request import GenerateRequest, SamplingParams
 from context_forge.prefetch import CpuCopier, PrefetchStats, TaskKind
 from context_forge.prefetch.meter import TransferMeter

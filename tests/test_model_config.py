@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from context_forge.attention import AttentionMetadata
-from context_forge.engine.kv_buffer import DeviceKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer
 from context_forge.model import ModelConfig, get_model_class, load_model, supported_architectures
 from context_forge.model.llama import LlamaFamilyForCausalLM
 from context_forge.model.loader import resolve_dtype

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from context_forge.attention import AttentionMetadata
-from context_forge.engine.kv_buffer import DeviceKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer
 from context_forge.model import ModelConfig, load_model
 from context_forge.attention.rope import inverse_frequencies
 

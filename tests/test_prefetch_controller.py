@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 from context_forge.cache import PagePool, RadixCache, get_policy
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
-from context_forge.engine.kv_transfer import BufferTransfer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer_transfer import BufferTransfer
 from context_forge.prefetch import (
     ControllerConfig,
     CpuCopier,

@@ -18,9 +18,9 @@ import pytest
 import torch
 from context_forge.cache import PagePool, RadixCache, get_policy
 from context_forge.engine.engine import Engine
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from context_forge.engine.kv_manager import KVManager
-from context_forge.engine.kv_transfer import BufferTransfer
+from context_forge.kv.buffer_transfer import BufferTransfer
 from context_forge.engine.output import OutputStream
 from context_forge.engine.req_state import ReqState
 from context_forge.engine.request import GenerateRequest, SamplingParams

@@ -17,8 +17,9 @@ import time
 
 import pytest
 import torch
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
-from context_forge.prefetch.copier import CpuCopier, Unit, make_copier
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.prefetch.copier import CpuCopier, Unit
+from context_forge.prefetch.factory import make_copier
 from context_forge.prefetch.gate import EventGate, LoadFailed, ThreadGate, wait_all
 
 

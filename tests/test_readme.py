@@ -50,3 +50,23 @@ def test_api_doc_lists_every_metric():
     documented = {name.split("{")[0] for name in re.findall(r"`([a-z0-9_]+(?:\{[^}`]*\})?)`", table)}
     exported = {name.removeprefix("context_forge_") for name in Metrics().registry.names()}
     assert exported <= documented, f"metrics missing from docs/api.md: {sorted(exported - documented)}"
+
+
+def test_layout_table_names_every_package_folder():
+    """Every folder of ``python/context_forge`` has a row in the README's layout table, and every
+    path the table names exists."""
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    named: set[str] = set()
+    for row in rows:
+        first_cell = row.split("|")[1]
+        paths = [p for p in first_cell.split("`") if p.strip(", ")]
+        for path in paths:
+            if "/" in path:
+                named.add(path.rstrip("/"))
+    for path in named:
+        assert (ROOT / path).exists(), f"README layout table names {path}, which does not exist"
+    pkg = ROOT / "python" / "context_forge"
+    folders = sorted(p.name for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    missing = [f for f in folders if f"python/context_forge/{f}" not in named]
+    assert not missing, f"README layout table has no row for {missing}"

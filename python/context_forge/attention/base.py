@@ -20,7 +20,7 @@ from context_forge.attention.rope import apply_rotary
 from context_forge.registry import Registry
 
 if TYPE_CHECKING:
-    from context_forge.engine.kv_buffer import DeviceKVBuffer
+    from context_forge.kv.buffer import DeviceKVBuffer
 
 
 @dataclass

@@ -22,7 +22,7 @@ from context_forge.attention.base import (
     register_attention_backend)
 
 if TYPE_CHECKING:
-    from context_forge.engine.kv_buffer import DeviceKVBuffer
+    from context_forge.kv.buffer import DeviceKVBuffer
 
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 

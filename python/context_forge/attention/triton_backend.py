@@ -18,7 +18,7 @@ from context_forge.attention.base import AttentionPlan, DecodePlan, register_att
 from context_forge.attention.torch_sdpa import TorchSDPABackend
 
 if TYPE_CHECKING:
-    from context_forge.engine.kv_buffer import DeviceKVBuffer
+    from context_forge.kv.buffer import DeviceKVBuffer
 
 
 def _load_kernels() -> ModuleType:

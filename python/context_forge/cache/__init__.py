@@ -5,10 +5,10 @@ from .policy import (
     EvictionPolicy, PolicyContext, available_policies, build_policy, get_policy, policy_class,
     register_policy, serving_policies,
 )
-from .pool import PagePool, PoolExhausted
+from context_forge.kv.pool import PagePool, PoolExhausted
 from .radix import InsertResult, MatchResult, RadixTree
 from .tiered import CacheStats, LoadPlan, RadixCache
-from .transfer import CountingTransfer, KVTransfer
+from context_forge.kv.transfer import CountingTransfer, KVTransfer
 
 __all__ = [
     "RadixNode", "LoadTicket", "EvictionPolicy", "PolicyContext", "available_policies", "build_policy",

@@ -23,9 +23,9 @@ from typing import Sequence
 
 from .node import LoadTicket, RadixNode
 from .policy import EvictionPolicy, LRUPolicy
-from .pool import PagePool
+from context_forge.kv.pool import PagePool
 from .radix import RadixTree
-from .transfer import CountingTransfer, KVTransfer
+from context_forge.kv.transfer import CountingTransfer, KVTransfer
 
 WRITE_POLICIES = ("write_back", "write_through", "write_through_selective")
 

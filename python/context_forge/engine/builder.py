@@ -16,7 +16,7 @@ from context_forge.cache.policy import (
     build_policy,
     policy_class,
 )
-from context_forge.cache.pool import PagePool
+from context_forge.kv.pool import PagePool
 from context_forge.cache.tiered import RadixCache
 from context_forge.config import ServerConfig
 from context_forge.memory.monitors import MemoryMonitor, auto_monitor, get_monitor
@@ -25,7 +25,8 @@ from context_forge.model.config import ModelConfig
 from context_forge.model.loader import load_model
 from context_forge.model.tokenizer import get_tokenizer
 from context_forge.prefetch.controller import ControllerConfig
-from context_forge.prefetch.copier import DEFAULT_LAYER_GROUPS, make_copier
+from context_forge.prefetch.copier import DEFAULT_LAYER_GROUPS
+from context_forge.prefetch.factory import make_copier
 from context_forge.prefetch.ledger import ObservedPagePool
 from context_forge.prefetch.meter import TransferMeter
 from context_forge.prefetch.planner import PlannerConfig
@@ -33,9 +34,9 @@ from context_forge.prefetch.service import WorkflowPrefetcher
 from context_forge.workflow.predictor import MarkovPredictor
 from context_forge.workflow.priority import LiveWorkflows
 
-from .kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from .kv_manager import KVManager
-from .kv_transfer import BufferTransfer
+from context_forge.kv.buffer_transfer import BufferTransfer
 from .req_state import ReqState
 from .runner import ModelRunner
 from .scheduler import Scheduler

@@ -27,7 +27,7 @@ import torch
 from context_forge.attention.base import AttentionMetadata
 
 if TYPE_CHECKING:
-    from context_forge.engine.kv_buffer import DeviceKVBuffer
+    from context_forge.kv.buffer import DeviceKVBuffer
 
 IDS, POSITIONS, SLOTS, KV_LENS = range(4)
 

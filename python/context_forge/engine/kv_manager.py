@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from context_forge.cache.node import RadixNode
-from context_forge.cache.pool import PagePool
+from context_forge.kv.pool import PagePool
 from context_forge.cache.radix import MatchResult
 from context_forge.cache.tiered import RadixCache
 from context_forge.workflow.scope import scope_key

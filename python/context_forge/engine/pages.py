@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from context_forge.cache.pool import PagePool
+from context_forge.kv.pool import PagePool
 
 from .kv_manager import KVManager
 

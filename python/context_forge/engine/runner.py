@@ -16,7 +16,7 @@ from context_forge.attention.base import AttentionMetadata
 from context_forge.prefetch.gate import wait_all
 
 from .cuda_graph import DecodeGraphs, batch_buckets
-from .kv_buffer import DeviceKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer
 
 if TYPE_CHECKING:
     from context_forge.prefetch.meter import TransferMeter

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from context_forge.cache.pool import PagePool
+from context_forge.kv.pool import PagePool
 from context_forge.cache.tiered import CacheStats, RadixCache
 from context_forge.memory.pressure import PressureMode
 from context_forge.metrics import Metrics

@@ -19,7 +19,7 @@ from context_forge.model.config import ModelConfig
 from context_forge.attention.rope import RotaryEmbedding
 
 if TYPE_CHECKING:
-    from context_forge.engine.kv_buffer import DeviceKVBuffer
+    from context_forge.kv.buffer import DeviceKVBuffer
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _FUSED = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),

@@ -17,7 +17,7 @@ from .service import WorkflowPrefetcher
 from .tasks import LoadTask, TaskKind, TaskQueue, TaskState
 
 _LAZY = {
-    "PageCopier": "copier", "CpuCopier": "copier", "make_copier": "copier", "chunk_pages_for": "copier",
+    "PageCopier": "copier", "CpuCopier": "copier", "make_copier": "factory", "chunk_pages_for": "copier",
     "DEFAULT_CHUNK_BYTES": "copier", "IO_BACKENDS": "copier", "StreamCopier": "stream_copier",
     "StreamWriteBack": "stream_copier", "KernelCopier": "kernel_copier",
 }

@@ -1,6 +1,6 @@
 """Page copiers: move a load's host pages into its device pages, unit by unit, for the controller.
 
-Layouts (``engine.kv_buffer``): host ``[pages, layers, 2, page_size, heads, dim]`` keeps one page
+Layouts (``kv.buffer``): host ``[pages, layers, 2, page_size, heads, dim]`` keeps one page
 of every layer contiguous; device ``[layers, 2, pages, page_size, heads, dim]`` is layer-major.
 
 A load is issued as a sequence of **units** (a range of the load's pages times a range of
@@ -25,7 +25,6 @@ Copiers (``hicache_io_backend`` picks the GPU one):
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,12 +32,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.copy import check_plan
 
 from .gate import LayerGate, ThreadGate
 from .meter import TransferMeter
 
-log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 """``direct``: staging per chunk, 32 pages of a Llama-3-8B shape (about 1.5 ms at 44 GB/s)."""
@@ -61,16 +60,6 @@ class Unit:
     stop: int
     first_layer: int
     num_layers: int
-
-
-def check_plan(host: HostKVBuffer, dev: DeviceKVBuffer, host_pages: Sequence[int],
-               device_pages: Sequence[int]) -> None:
-    if len(host_pages) != len(device_pages):
-        raise ValueError(f"page copy: {len(host_pages)} host pages but {len(device_pages)} device pages")
-    for pages, limit, name in ((host_pages, host.num_pages, "host"), (device_pages, dev.num_pages, "device")):
-        bad = [p for p in pages if not 0 <= p < limit]
-        if bad:
-            raise ValueError(f"page copy: {name} page id {bad[0]} outside [0, {limit})")
 
 
 class PageCopier(ABC):
@@ -197,29 +186,3 @@ def layer_chunk_units(num_pages: int, num_layers: int, chunk_pages: int, layers_
 def chunk_pages_for(bytes_per_page: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Pages per chunk so that a chunk moves about ``chunk_bytes``."""
     return max(1, chunk_bytes // max(1, bytes_per_page))
-
-
-def make_copier(device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                fence: Callable[[torch.cuda.Stream], None] | None = None,
-                scatter_priority: int = 0, io_backend: str = "direct",
-                unit_bytes: int = DEFAULT_UNIT_BYTES, layer_groups: int = 1) -> PageCopier:
-    """The copier for these buffers: on a GPU with a pinned host tier the ``io_backend`` one
-    (``kernel`` falls back to ``direct``, with a warning, when its self-test fails: no Triton,
-    or host memory the GPU cannot read; ``direct`` lands in ``layer_groups`` groups of layers);
-    otherwise the :class:`CpuCopier`."""
-    if io_backend not in IO_BACKENDS:
-        raise ValueError(f"unknown hicache_io_backend {io_backend!r}; choose one of {', '.join(IO_BACKENDS)}")
-    pages = chunk_pages_for(host_kv.bytes_per_page, chunk_bytes)
-    if device_kv.device.type != "cuda" or not host_kv.pinned:
-        return CpuCopier(device_kv, host_kv, pages)
-    from .stream_copier import StreamCopier
-
-    if io_backend == "kernel":
-        from .kernel_copier import KernelCopier, kernel_copy_works
-
-        problem = kernel_copy_works(device_kv.device)
-        if problem is None:
-            return KernelCopier(device_kv, host_kv, unit_bytes, fence)
-        log.warning("hicache_io_backend 'kernel' is unavailable here (%s); using 'direct' copies", problem)
-    per_unit = -(-device_kv.num_layers // max(1, layer_groups))
-    return StreamCopier(device_kv, host_kv, pages, fence, scatter_priority, per_unit)

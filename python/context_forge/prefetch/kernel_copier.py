@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 
 from .copier import DEFAULT_UNIT_BYTES, Unit
 from .stream_copier import GpuCopier, pinned_index

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from context_forge.cache.pool import PagePool
+from context_forge.kv.pool import PagePool
 
 
 @dataclass

@@ -9,7 +9,7 @@ scatters; a chunk's host->device copies are issued by one ``torch._foreach_copy_
 worker thread holds the GIL for microseconds per chunk, not per page. Interrupts fall between
 chunks, and every layer is complete only once the last chunk is.
 
-Write-back (device->host) runs on its own stream (:class:`StreamWriteBack`); loads and the
+Write-back (device->host) runs on its own stream (:class:`context_forge.kv.write_back.StreamWriteBack`); loads and the
 compute stream wait on its last event before touching pages it may still be reading or writing.
 """
 
@@ -21,126 +21,13 @@ from typing import ClassVar
 
 import torch
 
-from context_forge.engine.kv_buffer import DeviceKVBuffer, HostKVBuffer, page_runs
+from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
+from context_forge.kv.copy import (  # noqa: F401  (foreach_copy_works: benchmarks report it)
+    _foreach_copy, check_plan, foreach_copy_works, pinned_index, require_gpu_buffers, unit_pieces)
+from context_forge.kv.write_back import StreamWriteBack  # noqa: F401  (exported here too)
 
-from .copier import PageCopier, Unit, check_plan, layer_chunk_units
+from .copier import PageCopier, Unit, layer_chunk_units
 from .gate import EventGate, LayerGate
-
-_foreach_ok = True
-"""Whether ``torch._foreach_copy_`` takes mixed host/device lists here (diagnostics: benchmarks
-report it); after one failure every copy goes through the per-tensor loop."""
-
-
-def _foreach_copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    """``dst[i].copy_(src[i], non_blocking=True)`` for every ``i``, in one call when torch can."""
-    global _foreach_ok
-    if _foreach_ok:
-        try:
-            torch._foreach_copy_(dst, src, non_blocking=True)
-            return
-        except (AttributeError, RuntimeError, TypeError, NotImplementedError):
-            _foreach_ok = False
-    for d, s in zip(dst, src):
-        d.copy_(s, non_blocking=True)
-
-
-def foreach_copy_works() -> bool:
-    return _foreach_ok
-
-
-def pinned_index(pages: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Page ids as a device tensor, uploaded on the current stream without blocking the caller."""
-    host = torch.tensor(list(pages), dtype=torch.long, pin_memory=True)
-    return host.to(device, non_blocking=True)
-
-
-def run_pieces(host_pages: Sequence[int], staged: Sequence[torch.Tensor] | torch.Tensor,
-               staged_block: torch.Tensor, host_views: Sequence[torch.Tensor],
-               host_block: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Matching pieces of a staging buffer (pages in load order) and of the page-major host buffer,
-    one per run of consecutive ``host_pages``: single pages as the pre-made views ``staged[i]`` /
-    ``host_views[id]``, longer runs as slices of ``staged_block`` / ``host_block``."""
-    staged_parts: list[torch.Tensor] = []
-    host_parts: list[torch.Tensor] = []
-    for off, first, count in page_runs(host_pages):
-        if count == 1:
-            staged_parts.append(staged[off])
-            host_parts.append(host_views[first])
-        else:
-            staged_parts.append(staged_block[off:off + count])
-            host_parts.append(host_block[first:first + count])
-    return staged_parts, host_parts
-
-
-def unit_pieces(host_pages: Sequence[int], staged: Sequence[torch.Tensor], staged_block: torch.Tensor,
-                host_views: Sequence[torch.Tensor], host_block: torch.Tensor, first_layer: int,
-                num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Destination and source pieces of one unit's host->staging copies. All layers: one piece per
-    run of consecutive host pages (:func:`run_pieces`). A layer range: one contiguous piece per
-    page, ``host_views[id][first:first + n]`` into ``staged[i][:n]`` (a page's layers are
-    contiguous on the host; consecutive pages of a layer range are not)."""
-    if num_layers == host_block.shape[1]:
-        return run_pieces(host_pages, staged, staged_block, host_views, host_block)
-    stop = first_layer + num_layers
-    return ([staged[i][:num_layers] for i in range(len(host_pages))],
-            [host_views[p][first_layer:stop] for p in host_pages])
-
-
-def require_gpu_buffers(device_kv: DeviceKVBuffer, host_kv: HostKVBuffer, who: str) -> None:
-    if device_kv.device.type != "cuda":
-        raise ValueError(f"{who} needs a cuda device buffer, got {device_kv.device}")
-    if not host_kv.pinned:
-        raise ValueError(f"{who} needs a pinned host buffer (HostKVBuffer(pin_memory=True))")
-
-
-class StreamWriteBack:
-    """Device->host page copies on their own stream (the cache's write-backs).
-
-    ``copy`` orders itself after the compute stream (which produced the pages), queues the copy
-    and returns; ``fence(stream)`` makes another stream wait for every write-back queued so far
-    (a load reading those host pages, or compute reusing the freed device pages).
-    """
-
-    def __init__(self, device_kv: DeviceKVBuffer, host_kv: HostKVBuffer,
-                 compute_stream: torch.cuda.Stream | None = None) -> None:
-        dev = device_kv.device
-        self.device_kv = device_kv
-        self.host_kv = host_kv
-        self.compute_stream = compute_stream or torch.cuda.current_stream(dev)
-        self.stream = torch.cuda.Stream(dev)
-        self.event: torch.cuda.Event | None = None
-        self._views: tuple[torch.Tensor, ...] | None = None
-
-    def copy(self, device_pages: Sequence[int], host_pages: Sequence[int]) -> None:
-        dev, host = self.device_kv, self.host_kv
-        check_plan(host, dev, host_pages, device_pages)
-        if len(set(host_pages)) != len(host_pages):
-            raise ValueError("write-back: destination host pages contain duplicates")
-        if not device_pages:
-            return
-        if self._views is None:
-            self._views = host.buffer.unbind(0)
-        views = self._views
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_stream(self.compute_stream)
-            idx = pinned_index(device_pages, dev.device)
-            staged = dev.buffer.index_select(2, idx).permute(2, 0, 1, 3, 4, 5).contiguous()
-            src, dst = run_pieces(host_pages, staged, staged, views, host.buffer)
-            _foreach_copy(dst, src)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        self.event = event
-
-    def fence(self, stream: torch.cuda.Stream | None = None) -> None:
-        """Make ``stream`` (default: the current one) wait for all queued write-backs."""
-        if self.event is not None:
-            (stream or torch.cuda.current_stream(self.device_kv.device)).wait_event(self.event)
-
-    def synchronize(self) -> None:
-        """Block the caller until every queued write-back has landed (e.g. before reading host pages on the CPU)."""
-        if self.event is not None:
-            self.event.synchronize()
-
 
 class GpuCopier(PageCopier):
     """What the GPU copiers share: a copy stream, per-unit events, fencing against write-backs."""

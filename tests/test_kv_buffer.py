@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_forge.engine.kv_buffer import (
+from context_forge.kv.buffer import (
     DeviceKVBuffer, HostKVBuffer, copy_device_to_host, copy_host_to_device)
 
 SHAPE = dict(num_layers=3, page_size=4, num_kv_heads=2, head_dim=8)
@@ -102,7 +102,7 @@ def test_copy_errors_name_the_problem() -> None:
 @given(st.lists(st.integers(0, 30), max_size=20, unique=True))
 def test_runs_cover_pages_in_order(pages: list[int]) -> None:
     """The GPU path copies one host block per run; the runs must rebuild the page list exactly."""
-    from context_forge.engine.kv_buffer import page_runs
+    from context_forge.kv.buffer import page_runs
 
     runs = page_runs(pages)
     rebuilt = [first + i for _, first, count in runs for i in range(count)]

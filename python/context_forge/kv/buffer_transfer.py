@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from context_forge.cache.transfer import KVTransfer
+from context_forge.kv.transfer import KVTransfer
 
-from .kv_buffer import (
+from context_forge.kv.buffer import (
     DeviceKVBuffer,
     HostKVBuffer,
     copy_device_to_host,
@@ -21,7 +21,7 @@ class BufferTransfer(KVTransfer):
     write-back) and when it loads a host node back to the device. Counts pages per direction.
 
     With ``async_write_back`` (a CUDA/ROCm device and a pinned host buffer) device->host copies
-    are queued on a write-back stream (``prefetch.stream_copier.StreamWriteBack``) instead of blocking
+    are queued on a write-back stream (``kv.write_back.StreamWriteBack``) instead of blocking
     the caller. Whoever then touches the pages must wait for them: :meth:`fence` before the
     model's forward pass (its new KV may land in device pages a write-back is still reading), the
     prefetch copy stream before each load (``StreamCopier(fence=transfer.fence)``), and the
@@ -38,7 +38,7 @@ class BufferTransfer(KVTransfer):
         if async_write_back:
             if device.device.type != "cuda" or not host.pinned:
                 raise ValueError("async_write_back needs a cuda device buffer and a pinned host buffer")
-            from context_forge.prefetch.stream_copier import StreamWriteBack
+            from context_forge.kv.write_back import StreamWriteBack
             self.write_back = StreamWriteBack(device, host)
 
     def device_to_host(self, device_pages: list[int], host_pages: list[int]) -> None:
