@@ -193,3 +193,46 @@ def test_bad_thresholds(thresholds: tuple[float, ...], hysteresis: float, messag
 def test_bad_fraction(bad: object) -> None:
     with pytest.raises(ValueError, match="pool_used_fraction"):
         PressureController().update(bad)  # type: ignore[arg-type]
+
+
+class _Recorder:
+    """A second ``PressureTarget``: records what it was handed and when (after the cache)."""
+
+    def __init__(self, cache: object) -> None:
+        self.cache = cache
+        self.seen: list[tuple[PressureMode, int]] = []
+
+    def apply_pressure(self, actions) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append((actions.mode, self.cache.device_pool.num_free))  # type: ignore[attr-defined]
+
+
+def test_step_applies_the_mode_to_every_attached_target_in_order() -> None:
+    from context_forge.cache import CountingTransfer, PagePool, RadixCache, get_policy
+
+    cache = RadixCache(1, PagePool(20, "device"), PagePool(40, "host"), get_policy("lru"), CountingTransfer(),
+                       "write_back")
+    for i in range(20):  # fill the device pool with unlocked cached prefixes
+        pages = cache.alloc_device(1)
+        assert pages is not None
+        result = cache.insert([1000 + i], pages)
+        cache.device_pool.free([p for p in pages if p not in result.pages])
+    assert cache.device_pool.num_free == 0
+    controller = PressureController(load_ahead_step=2)
+    recorder = _Recorder(cache)
+    controller.attach(cache)
+    controller.attach(recorder)
+
+    assert controller.step(0.10) == PressureMode.RELAXED
+    assert not cache.eager_write_back and cache.admission_limit == math.inf
+    assert cache.device_pool.num_free == 0, "relaxed: nothing evicted"
+
+    mode = controller.step(0.97)
+    acts = controller.actions()
+    assert mode == PressureMode.EMERGENCY and acts.evict_target_free_fraction > 0
+    assert cache.eager_write_back == acts.write_back_eager
+    assert cache.admission_limit == acts.admit_max_steps
+    want = acts.free_pages(20)
+    assert cache.device_pool.num_free >= want > 0, "the cache evicted down to the mode's free target"
+    assert recorder.seen == [(PressureMode.RELAXED, 0), (mode, cache.device_pool.num_free)], \
+        "targets act in attach order: the recorder saw the pages the cache had freed"
+    cache.check()

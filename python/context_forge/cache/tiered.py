@@ -19,13 +19,17 @@ import heapq
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+from context_forge.kv.pool import PagePool
+from context_forge.kv.transfer import CountingTransfer, KVTransfer
 
 from .node import LoadTicket, RadixNode
 from .policy import EvictionPolicy, LRUPolicy
-from context_forge.kv.pool import PagePool
 from .radix import RadixTree
-from context_forge.kv.transfer import CountingTransfer, KVTransfer
+
+if TYPE_CHECKING:
+    from context_forge.memory.pressure import ModeActions
 
 WRITE_POLICIES = ("write_back", "write_through", "write_through_selective")
 
@@ -334,6 +338,15 @@ class RadixCache(RadixTree):
         self.transfer.host_to_device(plan.host_pages, plan.device_pages)
         self.finish_loading(plan.ticket, plan.nodes)
         return plan.tokens
+
+    def apply_pressure(self, actions: ModeActions) -> None:
+        """A pressure mode's cache actions (``memory.pressure.PressureTarget``): eager write-back,
+        the admission limit, and eviction down to the mode's free-page target."""
+        self.eager_write_back = actions.write_back_eager
+        self.admission_limit = actions.admit_max_steps
+        want = actions.free_pages(self.device_pool.capacity)
+        if want > self.device_pool.num_free:
+            self.evict_device(want - self.device_pool.num_free)
 
     def finish_loading(self, ticket: LoadTicket, nodes: Sequence[RadixNode]) -> None:
         ticket.done = True

@@ -107,6 +107,10 @@ def build(config: ServerConfig) -> EngineParts:
         prefetch.protection.backlog = scheduler
     pressure = PressureController(cfg.pressure_thresholds, cfg.pressure_hysteresis, _monitor(cfg, device),
                                   load_ahead_step=cfg.load_ahead_step, evict_pri_level=cfg.evict_pri_level)
+    if cache is not None:
+        pressure.attach(cache)  # the cache evicts to the mode's target before the prefetcher plans
+        if prefetch is not None:
+            pressure.attach(prefetch)
     runner = ModelRunner(model, device_kv, ps, cfg)
     if prefetch is not None:
         runner.meter = prefetch.controller.copier.meter

@@ -8,8 +8,8 @@ cross back through ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per 
 With the hierarchical cache, a loader worker thread (``prefetch.controller``) copies KV
 host->device beside the loop for every policy (on-demand loads; lru's too). Where the policy
 prefetches and ``enable_prefetch`` is on, workflow events also mark workflows for replanning (and
-wake an idle loop); the loop replans under the engine lock before and after each step, applying
-the pressure mode's prefetch limits.
+wake an idle loop); the loop replans once per step, under the engine lock, after the pressure
+controller has applied the step's mode to the cache and the prefetcher.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import math
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from context_forge.config import ServerConfig
-from context_forge.memory.pressure import PressureMode
 from context_forge.metrics import Metrics
 from context_forge.workflow.errors import WorkflowError
 
@@ -40,6 +39,12 @@ from .scheduler import Batch
 from .stats import EngineStats
 from .validate import Limits, validate_request
 
+if TYPE_CHECKING:
+    from context_forge.model.config import ModelConfig
+    from context_forge.prefetch.service import WorkflowPrefetcher
+
+    from .workflows import SharedWorkflows
+
 log = logging.getLogger(__name__)
 _PREFETCH_POLL_S = 0.05
 """How often an idle loop checks for workflow changes made behind ``SharedWorkflows``' back."""
@@ -47,21 +52,21 @@ Emit = Callable[[GenerateOutput | BaseException], None]
 
 
 class Engine:
-    """Owns model, tokenizer, KV tiers, radix cache, live workflows and scheduler (see ``builder``)."""
+    """The step loop over the parts ``builder.build`` makes: it drives the scheduler, the model
+    runner, the KV manager and the pressure controller; the rest (tokenizer, workflows, the
+    loader) is reached through ``parts``."""
 
     def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
         p: EngineParts = build(config)
         self.parts = p
         self.config = p.config
-        self.tokenizer = p.tokenizer
-        self.model_config = p.model_config
+        self.scheduler = p.scheduler
+        self.runner = p.runner
+        self.kv = p.kv
+        self.pressure = p.pressure
         self.model_name: str = p.config.served_model_name or p.config.model_path
         self.context_len: int = p.config.context_length or p.model_config.context_len
-        self.workflows = p.workflows
         self.metrics = metrics if metrics is not None else Metrics()
-        self.scheduler = p.scheduler
-        self.kv = p.kv
-        self.prefetch = p.prefetch
         self.stats = EngineStats(self.metrics, p.device_pool, p.host_pool, p.cache, p.prefetch)
         self.limits = Limits(p.model_config.vocab_size, self.context_len, p.config.page_size,
                              p.device_pool.capacity)
@@ -85,6 +90,23 @@ class Engine:
                 p.workflows.add_listener(self._on_workflow_change)
             self.prefetch.start()
         self.page_states()  # the per-state gauges start out exact, before the first scrape
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.parts.tokenizer
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.parts.model_config
+
+    @property
+    def workflows(self) -> SharedWorkflows:
+        return self.parts.workflows
+
+    @property
+    def prefetch(self) -> WorkflowPrefetcher | None:
+        """The loader (every policy, with the host tier), or None."""
+        return self.parts.prefetch
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -218,7 +240,6 @@ class Engine:
             raise EngineError("step() is driven by the engine thread once start() was called")
         with self._lock:
             self._drain_inbox()
-            self._prefetch_tick()
             batch = self.scheduler.schedule()
             for st, hit in batch.admitted:
                 self.stats.on_admit(hit)
@@ -230,12 +251,12 @@ class Engine:
         if batch.seqs:
             if self.parts.transfer is not None:
                 self.parts.transfer.fence()  # queued write-backs may still read pages this step writes
-            logits = self.parts.runner.forward(batch.seqs)
+            logits = self.runner.forward(batch.seqs)
         with self._lock:
             if logits is not None:
                 self._process(batch, logits)
             self._after_step(batch)
-            self._prefetch_tick()
+            self._prefetch_tick()  # the step's one planning pass, after pressure has acted
             return self.scheduler.has_work
 
     def _drain_inbox(self) -> None:
@@ -286,27 +307,9 @@ class Engine:
 
     def _after_step(self, batch: Batch) -> None:
         sched = self.scheduler
-        mode = self._update_pressure()
+        mode = self.pressure.step(self.kv.held_fraction)  # acts on the cache and the prefetcher
         self.stats.on_step(batch.prefill_tokens, len(batch.preempted), len(sched.running),
                            len(sched.waiting), mode)
-
-    def _update_pressure(self) -> PressureMode:
-        """Feed the share of the device pool that eviction cannot reclaim to the pressure
-        controller and apply its mode's actions to the cache and the prefetcher."""
-        pressure, cache = self.parts.pressure, self.parts.cache
-        mode = pressure.update(self.kv.held_fraction)
-        if cache is None:
-            return mode
-        acts = pressure.actions()
-        cache.eager_write_back = acts.write_back_eager
-        cache.admission_limit = acts.admit_max_steps
-        pool = self.parts.device_pool
-        want_free = math.ceil(acts.evict_target_free_fraction * pool.capacity)
-        if want_free > pool.num_free:
-            cache.evict_device(want_free - pool.num_free)
-        if self.prefetch is not None:
-            self.prefetch.set_pressure(acts.prefetch_max_steps, want_free)
-        return mode
 
     # ---------------------------------------------------------------- prefetch
     def _on_workflow_change(self, workflow_id: str) -> None:

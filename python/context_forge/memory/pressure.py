@@ -65,6 +65,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 from context_forge.memory.monitors import MemoryMonitor
 
@@ -138,6 +139,17 @@ class ModeActions:
         """Whether an agent ``steps`` away should be prefetched."""
         return steps <= self.prefetch_max_steps
 
+    def free_pages(self, capacity: int) -> int:
+        """Pages of a ``capacity``-page pool this mode wants free."""
+        return math.ceil(self.evict_target_free_fraction * capacity)
+
+
+class PressureTarget(Protocol):
+    """What a pressure mode acts on (the radix cache, the prefetcher): ``PressureController.step``
+    hands every attached target the current mode's actions."""
+
+    def apply_pressure(self, actions: ModeActions) -> None: ...
+
 
 def actions(
     mode: PressureMode | int,
@@ -202,6 +214,20 @@ class PressureController:
         self.device_fraction: float | None = None
         self._baseline_used: int | None = None
         self._last_read = -math.inf
+        self._targets: list[PressureTarget] = []
+
+    def attach(self, target: PressureTarget) -> None:
+        """Have ``step`` apply each mode's actions to ``target`` (targets act in attach order)."""
+        self._targets.append(target)
+
+    def step(self, pool_used_fraction: float) -> PressureMode:
+        """``update`` with ``pool_used_fraction``, then apply the mode's actions to every attached
+        target; returns the mode."""
+        mode = self.update(pool_used_fraction)
+        acts = self._actions[mode]
+        for target in self._targets:
+            target.apply_pressure(acts)
+        return mode
 
     def raw_mode(self, fraction: float) -> PressureMode:
         """The mode of ``fraction`` without hysteresis: how many thresholds it reaches."""

@@ -39,6 +39,8 @@ from .protection import Backlog, Protection
 from .tasks import LoadTask
 
 if TYPE_CHECKING:
+    from context_forge.memory.pressure import ModeActions
+
     from .copier import PageCopier
 
 
@@ -147,6 +149,10 @@ class WorkflowPrefetcher:
             if grew:
                 self.mark_all(self.workflows.live_workflows())
         self.controller.set_limits(max_steps, reserve_pages)
+
+    def apply_pressure(self, actions: ModeActions) -> None:
+        """*Engine lock.* ``memory.pressure.PressureTarget``: the mode's prefetch horizon and free-page target."""
+        self.set_pressure(actions.prefetch_max_steps, actions.free_pages(self.cache.device_pool.capacity))
 
     def note_insert(self, workflow_id: str | None, agent_id: str | None, node: RadixNode) -> None:
         """*Engine lock.* A request of ``agent_id`` inserted its KV ending at ``node``."""
