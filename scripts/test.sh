@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what the test suite needs on a fresh CPU machine, then runs it.
-# On CPU machines torch is pinned to the CPU build (2.13.0) before anything else can pull CUDA wheels.
+# torch is installed first, pinned (2.13.0), when none is there; for the CPU wheel on an ordinary
+# machine install it from https://download.pytorch.org/whl/cpu beforehand (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
