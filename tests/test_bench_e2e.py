@@ -1,7 +1,7 @@
 """benchmarks/e2e_workflows.py without servers: the sweep's cells and traces, the radix-level
 footprint, namespacing, server grouping, pool arithmetic, /metrics differences, the report's
 ratios and verdicts, argument errors and the device plan (``--dry-run``).
-tests/test_e2e_bench_smoke.py runs the whole pipeline on CPU."""
+tests/test_bench_e2e_smoke.py runs the whole pipeline on CPU."""
 
 from __future__ import annotations
 
