@@ -59,6 +59,10 @@ class RadixNode:
         self.queued: tuple[bool, tuple] | None = None
         """(on the device heap?, key) of this node's live eviction-heap entry, if any."""
 
+    def __hash__(self) -> int:
+        """By creation order, not address: sets of nodes iterate the same way in every run."""
+        return self.id
+
     @property
     def on_device(self) -> bool:
         return self.device_pages is not None

@@ -115,7 +115,7 @@ class RadixCache(RadixTree):
         if node.queued == (tier, key):
             return
         node.queued = (tier, key)
-        heapq.heappush(heap, (key, next(self._seq), node))
+        heapq.heappush(heap, (key, node.id, next(self._seq), node))
 
     def _pop(self, heap: list, tier: bool, is_candidate, limit: tuple | None = None) -> RadixNode | None:
         """The candidate with the smallest key (``None`` if none, or if it is not below ``limit``).
@@ -124,7 +124,7 @@ class RadixCache(RadixTree):
         since it was queued is re-queued with its current key."""
         key_of = self.policy.key
         while heap:
-            key, _, node = heap[0]
+            key, _, _, node = heap[0]
             if node.queued != (tier, key):
                 heapq.heappop(heap)
                 continue
@@ -134,7 +134,7 @@ class RadixCache(RadixTree):
                 continue
             current = key_of(node)
             if current != key:
-                heapq.heapreplace(heap, (current, next(self._seq), node))
+                heapq.heapreplace(heap, (current, node.id, next(self._seq), node))
                 node.queued = (tier, current)
                 continue
             if limit is not None and key >= limit:

@@ -123,7 +123,7 @@ class WorkflowPrefetcher:
         if not dirty or not self.plans:
             return
         live = set(self.workflows.live_workflows())
-        for wf in dirty:
+        for wf in sorted(dirty):  # a fixed order: the same events give the same queue
             if wf in live:
                 due = {d.agent_id for d in self.planner.due_agents(wf, self._max_steps)}
                 self.protection.replanned(wf, due)

@@ -22,6 +22,7 @@ remainder.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -159,6 +160,7 @@ class Simulator:
         self.waiting: deque[int] = deque()
         self.running: list[_Running] = []
         self.loads: list[tuple[float, int, LoadTicket, list[RadixNode]]] = []
+        self._load_ids = itertools.count()
         self.prefetched = set()
         self.planner = PrefetchPlanner(self.workflows, self.cache, PlannerConfig(
             self.cfg.load_ahead_step, use_predictor=policy_class(self.cfg.policy).plans_undeclared,
@@ -376,11 +378,12 @@ class Simulator:
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
                 continue
+            load_id = next(self._load_ids)  # never id(): a freed ticket's address is reused
             if guard.budget_pages:
-                guard.protect(id(plan.ticket), wf, target.agent_id, target.node, len(plan.device_pages))
+                guard.protect(load_id, wf, target.agent_id, target.node, len(plan.device_pages))
             start = max(self.now, self.link_free)
             self.link_free = plan.ticket.ready_at = start + self.cost.load_time(plan.tokens)
-            heapq.heappush(self.loads, (self.link_free, id(plan.ticket), plan.ticket, plan.nodes))
+            heapq.heappush(self.loads, (self.link_free, load_id, plan.ticket, plan.nodes))
             self.prefetched.update(plan.device_pages)
             self.stats.prefetched_tokens += plan.tokens
 
