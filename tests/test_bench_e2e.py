@@ -5,19 +5,14 @@ tests/test_bench_e2e_smoke.py runs the whole pipeline on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "e2e_workflows.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+from bench_support import ROOT, load_e2e_script, run_main
 from context_forge.cache import policy_class, serving_policies
 from context_forge.trace.tokens import segment_tokens
 from e2e_bench import plan, prom, report
@@ -25,22 +20,11 @@ from e2e_bench.plan import FULL, SMOKE, Cell, CellPool, group_cells, kv_footprin
 from e2e_bench.run import run_args, runs_from_registry
 
 
-def _load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("e2e_workflows", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-e2e_workflows = _load_script()
+e2e_workflows = load_e2e_script("e2e_workflows")
 
 
 def main(*args: str) -> int:
-    try:
-        return int(e2e_workflows.main(list(args)))
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    return run_main(e2e_workflows, *args)
 
 
 def request(prompt: list[tuple[str, int]], out: int = 4) -> dict:

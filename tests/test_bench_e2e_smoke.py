@@ -4,7 +4,6 @@ the report written; and how failures are recorded (the run goes on)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,38 +11,22 @@ import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "e2e_workflows.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+from bench_support import E2E_SCRIPT, ROOT, load_e2e_script, run_main
 from e2e_bench.plan import SMOKE, SMOKE_CELLS
 from e2e_bench.run import runs_from_registry
 
-
-def _load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("e2e_workflows_smoke", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-e2e_workflows = _load_script()
+e2e_workflows = load_e2e_script("e2e_workflows_smoke")
 
 
 def main(*args: str) -> int:
-    try:
-        return int(e2e_workflows.main(list(args)))
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    return run_main(e2e_workflows, *args)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, float]:
     out = tmp_path_factory.mktemp("e2e-smoke")
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
+    done = subprocess.run([sys.executable, str(E2E_SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
                           text=True, timeout=240, cwd=ROOT, check=False)
     return done, out, time.perf_counter() - t0
 
