@@ -107,3 +107,43 @@ def test_unscoped_tags_are_added_and_never_moved() -> None:
     t.tree.insert(seg(1, 8), [0, 1], agent_id="plain")
     t.tree.insert(seg(2, 8), [2, 3], agent_id="plain")
     assert t.tagged("plain") == 16
+
+
+def _compacting_agent(t: Tree, system: list[int]) -> str:
+    """An agent whose history grows by 8 tokens a request and is compacted once it reaches 24:
+    two cycles, the second one up to 24 tokens of history again."""
+    history = []
+    for turn in range(3):
+        history += seg(10 + turn, 8)
+        t.request(system + history, "w", "coder")
+    history = seg(20, 8)  # compacted: only the system prompt is kept
+    for turn in range(3):
+        t.request(system + history, "w", "coder")
+        history += seg(21 + turn, 8)
+    return scope_key("w", "coder")
+
+
+def test_a_reset_is_expected_once_the_path_reaches_the_length_an_earlier_reset_came_at() -> None:
+    t = Tree()
+    system = seg(1, 16)
+    key = _compacting_agent(t, system)
+    assert t.tagged(key) == 40
+    assert t.tree.usage.expected_keep(key) == 16  # the system prompt, as at the first reset
+
+
+def test_no_reset_is_expected_below_that_length_or_without_any_reset() -> None:
+    t = Tree()
+    system = seg(1, 16)
+    history: list[int] = []
+    for turn in range(4):
+        history += seg(10 + turn, 8)
+        t.request(system + history, "w", "coder")
+    key = scope_key("w", "coder")
+    assert t.tree.usage.expected_keep(key) is None  # it never reset
+    t2 = Tree()
+    _compacting_agent(t2, system)
+    t2.request(system + seg(30, 8), "w", "coder")  # the expected reset came
+    t2.request(system + seg(30, 8) + seg(31, 8), "w", "coder")
+    assert t2.tagged(key) == 32
+    assert t2.tree.usage.expected_keep(key) is None  # 32 < 40, where resets came
+    t2.check_superset()

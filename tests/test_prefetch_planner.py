@@ -130,3 +130,36 @@ def test_planner_imports_neither_torch_nor_the_engine():
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('context_forge.engine')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_agent_expected_to_reset_gets_only_the_prefix_resets_kept():
+    """A history compacted past a length (usage rule 6): the planner's target is the system prompt
+    the next request will keep, not the history it will replace."""
+    from context_forge.cache.radix import RadixTree
+    from context_forge.workflow.scope import scope_key
+    wf = LiveWorkflows()
+    tree = RadixTree(PS)
+    planner = PrefetchPlanner(wf, tree, PlannerConfig())
+    system = toks(1, 4)
+    key = scope_key("w", "coder")
+    page = iter(range(10_000))
+
+    def request(tokens: list[int]):
+        tree.match(tokens, agent_id=key)
+        return tree.insert(tokens, [next(page) for _ in range(len(tokens) // PS)], agent_id=key).node
+
+    history: list[int] = []
+    for turn in range(3):
+        history += toks(10 + turn, 2)
+        request(system + history)
+    history = toks(20, 2)
+    for turn in range(3):
+        end = request(system + history)
+        history += toks(21 + turn, 2)
+    target = planner.target_node("w", "coder")
+    assert end is not None and target is not None and target is not end
+    depth, node = 0, target
+    while node.parent is not None:
+        depth += len(node.key)
+        node = node.parent
+    assert depth == len(system)

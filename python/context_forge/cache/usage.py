@@ -23,6 +23,14 @@ carries name the users a policy should rank it by:
    the request's tags, splitting the node at the page boundary where needed, so that suffix is
    evicted first while the prefix the next request will extend stays ranked.
 5. **Finished workflows** lose their scoped keys on every node (`forget_workflow`).
+6. **Resets.** A next request that keeps far less of the key's path than the agent usually drops
+   (more than a quarter of the path and more than twice the expected drop: a history compacted
+   past a length limit, a conversation restarted from the system prompt) is a *reset*; it does
+   not count towards rule 4's drop. Per agent the last resets and non-resets are remembered with
+   the path length they came at; :meth:`UsageIndex.expected_keep` says, for the key's current
+   path, whether most earlier next requests from paths at least that long were resets, and how
+   much of the path they kept. The prefetch planner then loads only that prefix (a compacted
+   history is new KV anyway); eviction ranks are unchanged.
 
 Tags without a workflow (plain agent names) are added to the path and never removed; so are all
 tags while ``rules`` is off (the cache turns the rules off for policies that rank by no user, such
@@ -98,6 +106,32 @@ class _Carry:
         return (self.grew + 0.5) / (self.seen + 1.0) > 0.5
 
 
+@dataclass
+class _Resets:
+    """Rule 6's evidence for one agent: ``(path tokens, tokens kept, reset?)`` of its last next
+    requests."""
+
+    seen: list[tuple[int, int, bool]] = field(default_factory=list)
+
+    def add(self, length: int, kept: int, reset: bool) -> None:
+        self.seen.append((length, kept, reset))
+        if len(self.seen) > 16:
+            del self.seen[0]
+
+    def expected_keep(self, length: int) -> int | None:
+        """Tokens a next request from a path of ``length`` tokens is expected to keep when it is
+        expected to reset (None: it is not). Judged by the observations from paths at least as
+        long (the longest one when there are none), with one non-reset as a prior: resets come
+        once a path grows past a limit."""
+        if not any(r for _, _, r in self.seen):
+            return None
+        longer = [o for o in self.seen if o[0] >= length] or [max(self.seen)]
+        resets = [kept for _, kept, r in longer if r]
+        if 2 * len(resets) < len(longer) + 1:
+            return None
+        return min(resets)
+
+
 class UsageIndex:
     """Maintains the user tags of one radix tree (see the module docstring)."""
 
@@ -109,6 +143,7 @@ class UsageIndex:
         self._carry: dict[str, _Carry] = {}
         self._drop: dict[str, _Drop] = {}
         self._any_drop = _Drop()
+        self._resets: dict[str, _Resets] = {}
         self._inserted: set[str] = set()
         self._matched: dict[str, int] = {}
 
@@ -128,9 +163,15 @@ class UsageIndex:
             if tag in self._inserted:
                 self._inserted.discard(tag)
                 keep = set(path)
-                dropped = sum(len(n.key) for n in tree.agent_nodes(tag) if n not in keep)
-                self._drop.setdefault(agent, _Drop()).add(dropped)
-                self._any_drop.add(dropped)
+                old = tree.agent_nodes(tag)
+                length = sum(len(n.key) for n in old)
+                dropped = sum(len(n.key) for n in old if n not in keep)
+                drop = self._drop.setdefault(agent, _Drop())
+                reset = 4 * dropped > length and dropped > 2 * max(drop.expected, tree.page_size)
+                self._resets.setdefault(agent, _Resets()).add(length, length - dropped, reset)
+                if not reset:
+                    drop.add(dropped)
+                    self._any_drop.add(dropped)
             self._matched[tag] = sum(len(n.key) for n in path)
         carry = None
         if insert:
@@ -240,6 +281,15 @@ class UsageIndex:
         """Whether the agent's state is seen to carry over from one workflow to the next."""
         carry = self._carry.get(agent_id)
         return carry is not None and carry.carries
+
+    def expected_keep(self, key: str) -> int | None:
+        """Rule 6: tokens of scoped ``key``'s current path that its next request is expected to
+        keep, when that request is expected to reset the path; None otherwise."""
+        workflow, agent = split_scope(key)
+        resets = self._resets.get(agent)
+        if workflow is None or resets is None:
+            return None
+        return resets.expected_keep(sum(len(n.key) for n in self.tree.agent_nodes(key)))
 
     def deepest(self, key: str) -> RadixNode | None:
         """The deepest node tagged ``key`` (the end of its latest path), if any."""

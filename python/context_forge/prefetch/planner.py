@@ -16,7 +16,9 @@ An agent's target node comes from the same tags the eviction rank reads (`cache.
 of the path its scoped key ``(workflow, agent)`` holds (the prefix its next request in this
 instance extends), else the end of the path its bare key holds (the KV the agent shares across
 instances: a system prompt, a team preamble, a persona's carried memory), so that a due agent of
-a new instance gets its shared prompt loaded. Trees without those tags (policies that rank by no
+a new instance gets its shared prompt loaded. When the usage index expects the agent's next
+request to reset its path (a compacted history: ``UsageIndex.expected_keep``), the target is the
+ancestor within the prefix such requests kept, since the rest would be loaded for nothing. Trees without those tags (policies that rank by no
 user) fall back to the last node the agent's requests inserted in this workflow, then to the
 top-level node of the last prompt the agent inserted anywhere.
 """
@@ -89,6 +91,19 @@ def host_only_pages(node: RadixNode) -> int:
         n += len(node.host_pages or ())
         node = node.parent
     return n
+
+
+def _within(node: RadixNode, tokens: int) -> RadixNode | None:
+    """The deepest node on the path to ``node`` that ends within its first ``tokens`` tokens."""
+    depth = 0
+    path = node
+    while path.parent is not None:
+        depth += len(path.key)
+        path = path.parent
+    while node.parent is not None and depth > tokens:
+        depth -= len(node.key)
+        node = node.parent
+    return node if node.parent is not None else None
 
 
 class PrefetchPlanner:
@@ -165,7 +180,8 @@ class PrefetchPlanner:
             for key in (scope_key(workflow_id, agent_id), agent_id):
                 node = usage.deepest(key)
                 if node is not None and node_is_live(node, self.tree.page_size):
-                    return node
+                    keep = usage.expected_keep(key)
+                    return node if keep is None else _within(node, keep)
         node = self._last.get((workflow_id, agent_id))
         if node is not None and node_is_live(node, self.tree.page_size):
             return node
