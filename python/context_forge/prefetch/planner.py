@@ -18,9 +18,10 @@ instance extends), else the end of the path its bare key holds (the KV the agent
 instances: a system prompt, a team preamble, a persona's carried memory), so that a due agent of
 a new instance gets its shared prompt loaded. When the usage index expects the agent's next
 request to reset its path (a compacted history: ``UsageIndex.expected_keep``), the target is the
-ancestor within the prefix such requests kept, since the rest would be loaded for nothing. Trees without those tags (policies that rank by no
-user) fall back to the last node the agent's requests inserted in this workflow, then to the
-top-level node of the last prompt the agent inserted anywhere.
+ancestor within the prefix such requests kept, since the rest would be loaded for nothing. Trees
+without those tags (policies that rank by no user) fall back to the last node the agent's
+requests inserted in this workflow, then to the top-level node of the last prompt the agent
+inserted anywhere.
 """
 
 from __future__ import annotations
