@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         def show(v: object) -> str:
             return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
         prof.add_argument("--" + f.name.replace("_", "-"), type=_profile_type(f), default=None,  # type: ignore[arg-type]
-                          help=f"{f.metadata['help']} (full {show(getattr(FULL, f.name))}, smoke "
+                          help=f"{f.metadata['help'].replace('%', '%%')} (full {show(getattr(FULL, f.name))}, smoke "
                                f"{show(getattr(SMOKE, f.name))})")
     return parser
 

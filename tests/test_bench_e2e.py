@@ -5,6 +5,7 @@ tests/test_bench_e2e_smoke.py runs the whole pipeline on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -240,3 +241,11 @@ def test_device_plan_puts_the_three_targets_on_one_server(tmp_path: Path) -> Non
     assert sorted(results["cells"]) == sorted(c.name for c in plan.all_cells(FULL))
     assert results["page_bytes"] == 2 * 2**20  # Llama-3.1-8B: 32 layers x 8 KV heads x 128 x K,V x bf16 x 16 tokens
     assert not results["runs"]
+
+
+def test_help_lists_every_profile_flag() -> None:
+    """``--help`` renders (a literal ``%`` in a flag's help once crashed argparse's formatter)."""
+    text = e2e_workflows.build_parser().format_help()
+    for f in dataclasses.fields(plan.Profile):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "+-50 %" in text
