@@ -382,3 +382,17 @@ def test_rank_class_is_the_level() -> None:
     assert policy.key(node)[0] == -1.0
     node.agents = set()
     assert policy.key(node)[0] == -math.inf
+
+
+def test_recurrence_guess_does_not_tie_a_live_next_step() -> None:
+    """A case hypothesis found: a0 ran in two finished workflows, so its bare key ranks by a0's
+    learned recurrence; that guess (one step) tied w1's declared next a2 and LRU order evicted
+    w1's node. A workflow not live yet ranks at least ``NOT_LIVE_FLOOR`` steps away."""
+    case = {"policy": "kvflow", "evict_pri_level": 1, "device": 8, "host": 0, "extend": False,
+            "graphs": [WorkflowGraph([AgentSpec("a1")]),
+                       WorkflowGraph([AgentSpec("a2"), AgentSpec("a1", ("a2",))], repeat=True),
+                       WorkflowGraph([AgentSpec("a0")]), WorkflowGraph([AgentSpec("a0")])],
+            "ops": [("finish", 0), ("req", 1, 0, 1), ("finish", 0), ("finish", 2), ("req", 0, 0, 1),
+                    ("done", 0, 0), ("done", 1, 0), ("finish", 0), ("finish", 0), ("finish", 3),
+                    ("done", 0, 0), ("evict", 3)]}
+    run_case(case)

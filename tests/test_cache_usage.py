@@ -147,3 +147,22 @@ def test_no_reset_is_expected_below_that_length_or_without_any_reset() -> None:
     assert t2.tagged(key) == 32
     assert t2.tree.usage.expected_keep(key) is None  # 32 < 40, where resets came
     t2.check_superset()
+
+
+def test_an_agent_without_resets_of_its_own_borrows_its_workflows() -> None:
+    """A team compacts together: once the coder of workflow w reset, w's tester (whose path is
+    as long, and which never reset) is expected to reset too; a tester of another workflow is not."""
+    t = Tree()
+    for wf in ("w", "v"):
+        history: list[int] = []
+        for turn in range(3):
+            history += seg(40 + turn, 8)
+            t.request(seg(2, 16) + history, wf, "tester")
+    _compacting_agent(t, seg(1, 16))
+    assert t.tagged(scope_key("w", "tester")) == 40
+    assert t.tree.usage.expected_keep(scope_key("w", "tester")) == 16
+    assert t.tree.usage.expected_keep(scope_key("v", "tester")) is None
+    t.tree.usage.forget_workflow("w")
+    t.request(seg(2, 16) + seg(50, 24), "w", "tester")
+    assert t.tree.usage.expected_keep(scope_key("w", "tester")) is None, "a finished workflow's evidence goes"
+    t.check_superset()

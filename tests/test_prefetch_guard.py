@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from context_forge.cache import CountingTransfer, PagePool, RadixCache, get_policy
-from context_forge.prefetch.guard import HEADROOM, PrefetchGuard
+from context_forge.prefetch.guard import DEEP_HEADROOM, HEADROOM, PrefetchGuard
 
 PS = 2
 DEVICE = 20
@@ -96,6 +96,16 @@ def test_release_oldest_goes_in_protection_order() -> None:
     assert b.lock_ref == 1 and guard.pages == 2, "protecting the same task twice is a no-op"
 
 
+def test_release_spares_the_agents_it_is_told_to_keep() -> None:
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=20)
+    a = prefetched(cache, guard, 1, "wf", "a", list(range(100, 104)))
+    b = prefetched(cache, guard, 2, "wf", "b", list(range(200, 204)))
+    assert guard.release_oldest(keep={("wf", "a")})
+    assert a.lock_ref == 1 and b.lock_ref == 0
+    assert not guard.release_oldest(keep={("wf", "a")}) and a.lock_ref == 1
+
+
 def test_room_budget_and_busy_pages() -> None:
     cache = make()
     guard = PrefetchGuard(cache, budget_pages=4)
@@ -106,3 +116,19 @@ def test_room_budget_and_busy_pages() -> None:
     assert guard.room(1) and not guard.room(2)
     with pytest.raises(ValueError, match="budget_pages"):
         PrefetchGuard(cache, budget_pages=-1)
+
+
+def test_room_shrinks_with_distance_and_doubt() -> None:
+    """An agent due later, or only likely, gets less of the pool; a prediction beyond the next
+    call gets none."""
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=DEVICE)
+    near = int(HEADROOM * DEVICE) - 2
+    deep = int(DEEP_HEADROOM * DEVICE) - 2
+    assert guard.room(2, busy_pages=near, steps=0)
+    assert not guard.room(2, busy_pages=near, steps=1), "due later: only DEEP_HEADROOM of the pool"
+    assert guard.room(2, busy_pages=deep, steps=2)
+    assert not guard.room(2, busy_pages=int(0.5 * HEADROOM * DEVICE) - 1, prob=0.5), "room scales with prob"
+    assert guard.room(2, busy_pages=int(0.5 * HEADROOM * DEVICE) - 2, prob=0.5)
+    assert not guard.room(1, steps=1, prob=0.9), "a prediction beyond the next call is not loaded"
+    assert guard.room(1, steps=1, prob=1.0)

@@ -225,10 +225,15 @@ def test_a_waiting_request_keeps_its_agents_protection(stack_factory) -> None:
         s.workflows.agent_finished("w2", "coder")  # no longer due, but its request is queued
     s.tick()
     assert len(s.guard) == 1 and s.pf.stats.released_unused == 0
+    other = state(prompt(6, 5))
     with s.lock:
-        assert not s.pf.release_for_alloc(), "a failed allocation does not take a waiting agent's KV"
+        s.sched.running.append(other)  # a running request will give pages back: keep waiting for it
+        assert not s.pf.release_for_alloc(), "while requests run, a failed allocation spares a queued agent's KV"
+        s.sched.running.remove(other)
+        assert s.pf.release_for_alloc(), "with none running, nothing else would free pages: it goes"
+    assert len(s.guard) == 0
     s.run()
-    assert len(s.guard) == 0 and s.pf.stats.hits == 1
+    assert s.pf.stats.hits == 1, "released, not evicted: the request still finds it"
     s.check()
 
 

@@ -29,8 +29,10 @@ carries name the users a policy should rank it by:
    not count towards rule 4's drop. Per agent the last resets and non-resets are remembered with
    the path length they came at; :meth:`UsageIndex.expected_keep` says, for the key's current
    path, whether most earlier next requests from paths at least that long were resets, and how
-   much of the path they kept. The prefetch planner then loads only that prefix (a compacted
-   history is new KV anyway); eviction ranks are unchanged.
+   much of the path they kept. An agent with no reset of its own is judged by its workflow's
+   evidence (every agent's of that instance: a team's histories are compacted together, so the
+   first reset of one agent announces the others'). The prefetch planner then loads only that
+   prefix (a compacted history is new KV anyway); eviction ranks are unchanged.
 
 Tags without a workflow (plain agent names) are added to the path and never removed; so are all
 tags while ``rules`` is off (the cache turns the rules off for policies that rank by no user, such
@@ -118,12 +120,16 @@ class _Resets:
         if len(self.seen) > 16:
             del self.seen[0]
 
+    @property
+    def any_reset(self) -> bool:
+        return any(r for _, _, r in self.seen)
+
     def expected_keep(self, length: int) -> int | None:
         """Tokens a next request from a path of ``length`` tokens is expected to keep when it is
         expected to reset (None: it is not). Judged by the observations from paths at least as
         long (the longest one when there are none), with one non-reset as a prior: resets come
         once a path grows past a limit."""
-        if not any(r for _, _, r in self.seen):
+        if not self.any_reset:
             return None
         longer = [o for o in self.seen if o[0] >= length] or [max(self.seen)]
         resets = [kept for _, kept, r in longer if r]
@@ -144,6 +150,7 @@ class UsageIndex:
         self._drop: dict[str, _Drop] = {}
         self._any_drop = _Drop()
         self._resets: dict[str, _Resets] = {}
+        self._workflow_resets: dict[str, _Resets] = {}
         self._inserted: set[str] = set()
         self._matched: dict[str, int] = {}
 
@@ -169,6 +176,7 @@ class UsageIndex:
                 drop = self._drop.setdefault(agent, _Drop())
                 reset = 4 * dropped > length and dropped > 2 * max(drop.expected, tree.page_size)
                 self._resets.setdefault(agent, _Resets()).add(length, length - dropped, reset)
+                self._workflow_resets.setdefault(workflow, _Resets()).add(length, length - dropped, reset)
                 if not reset:
                     drop.add(dropped)
                     self._any_drop.add(dropped)
@@ -266,6 +274,7 @@ class UsageIndex:
         workflow calling it again (as the next round of a simulation calls its personas) finds it
         ranked by the agent's recurrence rather than dropped."""
         tree = self.tree
+        self._workflow_resets.pop(workflow_id, None)
         for key in self._workflow_keys.pop(workflow_id, ()):
             self._inserted.discard(key)
             self._matched.pop(key, None)
@@ -284,10 +293,15 @@ class UsageIndex:
 
     def expected_keep(self, key: str) -> int | None:
         """Rule 6: tokens of scoped ``key``'s current path that its next request is expected to
-        keep, when that request is expected to reset the path; None otherwise."""
+        keep, when that request is expected to reset the path; None otherwise. The agent's own
+        evidence once it has reset, else its workflow's."""
         workflow, agent = split_scope(key)
+        if workflow is None:
+            return None
         resets = self._resets.get(agent)
-        if workflow is None or resets is None:
+        if resets is None or not resets.any_reset:
+            resets = self._workflow_resets.get(workflow)
+        if resets is None:
             return None
         return resets.expected_keep(sum(len(n.key) for n in self.tree.agent_nodes(key)))
 

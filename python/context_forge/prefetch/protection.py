@@ -8,7 +8,7 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
 - Protection: a reserved prefetch locks its target node until its agent's request is admitted
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
   (``finished``). An agent with a request waiting in the queue keeps its protection through
-  replans and failed allocations.
+  replans, and through failed allocations while requests run.
 - Failed allocation: an admission (or decode growth) that finds no room releases the oldest
   protection and retries (:meth:`Protection.release_for_alloc`).
 
@@ -18,7 +18,7 @@ Not thread-safe: every method runs under the engine lock.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 from context_forge.cache.tiered import LoadPlan
@@ -37,6 +37,11 @@ class Backlog(Protocol):
 
     def waiting_agents(self) -> set[tuple[str, str]]:
         """``(workflow_id, agent_id)`` of every queued request that has both."""
+        ...
+
+    @property
+    def running(self) -> Sequence[object]:
+        """The requests running now."""
         ...
 
 
@@ -61,7 +66,7 @@ class Protection:
         if not self.on:
             return True
         busy = self.backlog.busy_pages() if self.backlog is not None else 0
-        return self.guard.room(pages, busy)
+        return self.guard.room(pages, busy, task.steps, task.prob)
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:
         """*Engine lock.* ``task`` reserved its pages: protect its target until its request comes."""
@@ -93,10 +98,12 @@ class Protection:
 
     def release_for_alloc(self) -> bool:
         """An allocation found no room: release the oldest protection not held for a waiting
-        request; False when there is none to release."""
+        request (any protection when no request runs: nothing else would free pages); False when
+        there is none to release."""
         if not len(self.guard):
             return False
-        released = self.guard.release_oldest(keep=self._waiting())
+        running = self.backlog is not None and bool(self.backlog.running)
+        released = self.guard.release_oldest(keep=self._waiting() if running else ())
         self.stats.released_unused += released
         return released
 

@@ -237,7 +237,7 @@ class Simulator:
             loaded = 0
             if host_hit:
                 loaded = cache.load_back(m.last_node)
-                while not loaded and self.guard.release_oldest():
+                while not loaded and self.guard.release_oldest(self._waiting_agents()):
                     loaded = cache.load_back(m.last_node)  # the request being admitted outranks a prefetch
                 if loaded:
                     before = stall
@@ -246,7 +246,7 @@ class Simulator:
                 m = cache.match(tokens, touch=False)
             cached = m.device_len
             own = cache.alloc_device(self._pages_needed(i) - cached // ps)
-            while own is None and self.guard.release_oldest():
+            while own is None and self.guard.release_oldest(self._waiting_agents()):
                 own = cache.alloc_device(self._pages_needed(i) - cached // ps)
             if own is None:
                 cache.unlock(m.last_node)
@@ -284,6 +284,14 @@ class Simulator:
         for run in finished:
             self._finish(run)
         return True
+
+    def _waiting_agents(self) -> set[tuple[str, str]]:
+        """``(workflow, agent)`` of queued requests: their protections outlast an admission's need
+        for room while requests run (as the engine's ``Protection`` keeps them); none when nothing
+        runs, since no finishing request would free the pages the head of the queue waits for."""
+        if not self.running:
+            return set()
+        return {(self.reqs[i].workflow_id, self.reqs[i].agent_id) for i in self.waiting}
 
     def _on_demand_load(self, tokens: int, stall: float) -> float:
         """A synchronous load starts now, ahead of queued prefetches (which it delays)."""
@@ -373,7 +381,7 @@ class Simulator:
                 if busy is None:
                     busy = (sum(len(r.prefix_pages) + len(r.own_pages) for r in self.running)
                             + sum(self._pages_needed(i) for i in self.waiting))
-                if not guard.room(host_only_pages(target.node), busy):
+                if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob):
                     continue
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:

@@ -147,16 +147,23 @@ class BlendedPriority(AgentPriority):
         return ChangeFeed(sources=(self.graph.subscribe(), self.predictor.subscribe()))
 
 
+NOT_LIVE_FLOOR = 1.5
+"""The nearest a workflow that is not live yet may rank an agent, in steps: it must arrive before
+its first agent runs, so its learned guess never ties with, or beats, what a live instance's graph
+says runs at its next step (a certainty; property (b) of ``tests/test_cache_rank_properties.py``
+found the tie, which LRU order then broke against the live instance)."""
+
+
 class AnyInstancePriority(AgentPriority):
     """Steps until *any* instance calls the agent: the sooner of a live instance (``live``) and a
-    workflow not live yet (``future``, the learned `Recurrence`)."""
+    workflow not live yet (``future``, the learned `Recurrence`, at least ``NOT_LIVE_FLOOR``)."""
 
     def __init__(self, live: AgentPriority, future: Recurrence) -> None:
         self.live = live
         self.future = future
 
     def priority(self, agent_id: str) -> float:
-        return min(self.live.priority(agent_id), self.future.future_steps(agent_id))
+        return min(self.live.priority(agent_id), max(self.future.future_steps(agent_id), NOT_LIVE_FLOOR))
 
     def subscribe(self) -> ChangeFeed:
         return ChangeFeed(sources=(self.live.subscribe(), self.future.subscribe()))
