@@ -90,21 +90,23 @@ def test_eviction_follows_steps_to_execution_not_recency(make) -> None:
     assert eviction_order(bench, nodes) == ["planner", "a", "c", "b"]
 
 
-def test_equal_steps_fall_back_to_least_recently_used(make) -> None:
+def test_equal_declared_steps_evict_the_most_recently_used_first(make) -> None:
+    """The engine's order within a level (`rank_key`): agents stepping through a loop come back
+    to their KV in the order they left it, so the one used last is needed last."""
     bench, driver = make(priority="steps", enable_prefetch=False)
     nodes = {"y": driver.run("y", prompt(2), meta("y", {"x": 2, "y": 2})).last_node}
     nodes["x"] = driver.run("x", prompt(1), meta("x", {"x": 2, "y": 2})).last_node
-    assert eviction_order(bench, nodes) == ["y", "x"]
+    assert eviction_order(bench, nodes) == ["x", "y"]
 
 
 @pytest.mark.parametrize(("level", "expected"), [(1, ["near", "far"]), (6, ["far", "near"])])
 def test_steps_beyond_evict_pri_level_share_a_band(make, level: int, expected: list[str]) -> None:
     """Beyond ``evict_pri_level`` ranks fall into the engine's geometric bands (`rank_level`):
-    4 and 5 steps share one band above level 1 (least recently used first), but stay apart
-    within level 6."""
+    4 and 5 steps share one band above level 1 (declared ranks: most recently used first), but
+    stay apart within level 6."""
     bench, driver = make(priority="steps", enable_prefetch=False, load_ahead_step=0, evict_pri_level=level)
-    nodes = {"near": driver.run("near", prompt(1), meta("near", {"near": 4, "far": 5})).last_node}
-    nodes["far"] = driver.run("far", prompt(2), meta("far", {"near": 4, "far": 5})).last_node
+    nodes = {"far": driver.run("far", prompt(2), meta("far", {"near": 4, "far": 5})).last_node}
+    nodes["near"] = driver.run("near", prompt(1), meta("near", {"near": 4, "far": 5})).last_node
     assert eviction_order(bench, nodes) == expected
 
 

@@ -68,11 +68,19 @@ def test_every_victim_is_the_least_urgent_leaf(hicache, workload, level) -> None
             steps = min((registry.priority(a) for a in agents_of(node)), default=math.inf)
             return rank_level(steps, level)
 
+        def declared(node) -> bool:  # ranked by a client's declared steps, not a guess
+            steps = min((registry.priority(a) for a in agents_of(node)), default=math.inf)
+            return steps < math.inf and any(registry.priority(a) == steps and registry.declared.priority(a) == steps
+                                            for a in agents_of(node))
+
         while tree.evictable_device_leaves:
             leaves = {node.id: node for node in tree.evictable_device_leaves}
             far = max(tier(n) for n in leaves.values())
-            oldest = min(n.last_access_time for n in leaves.values() if tier(n) == far)
-            expected = {nid for nid, n in leaves.items() if tier(n) == far and n.last_access_time == oldest}
+            group = [n for n in leaves.values() if tier(n) == far]
+            guesses = [n for n in group if not declared(n)]
+            # Within the tier: guesses first, least recently used first; else declared ranks, most recent first.
+            when = min(n.last_access_time for n in guesses) if guesses else max(n.last_access_time for n in group)
+            expected = {n.id for n in (guesses or group) if n.last_access_time == when}
             assert bench.cache.evict(EvictParams(num_tokens=1)).num_tokens_evicted > 0
             victims = {nid for nid in leaves if left_device(tree, nid)}
             assert victims == expected

@@ -4,8 +4,9 @@ SGLang evicts the node with the smallest ``get_priority`` first. A node's rank i
 next use (fewest expected steps, by any live or expected instance: `WorkflowRegistry.priority`)
 among the agents that used it or a descendant; ranks fall into the engine's levels
 (`context_forge.cache.policy.rank_level`: exact up to ``evict_pri_level``, geometric bands
-beyond, nodes no agent is expected to use evicted first). Within a level the least recently used
-node goes first.
+beyond, nodes no agent is expected to use evicted first). Within a level the order is the
+engine's (`context_forge.cache.policy.rank_key`): a node ranked by a client's declared steps goes
+after the others, most recently used first; the others least recently used first.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 
-from context_forge.cache.policy import rank_level
+from context_forge.cache.policy import rank_key
 from context_forge.sglang.registry import WorkflowRegistry, get_registry
 from context_forge.sglang.tags import agents_of
 
@@ -24,7 +25,7 @@ POLICY_NAME = "workflow"
 
 
 class WorkflowStrategy(EvictionStrategy):
-    """Order: (farthest rank level first, then least recently used).
+    """Order: `rank_key` (farthest rank level first, then declared ranks last, then recency).
 
     ``evict_pri_level`` may come from ``--radix-eviction-policy-config``; otherwise the
     registry's settings give it. Construction happens inside SGLang's tree core, so the registry
@@ -58,5 +59,13 @@ class WorkflowStrategy(EvictionStrategy):
         registry = self._registry()
         return min((registry.priority(a) for a in agents_of(node)), default=math.inf)
 
-    def get_priority(self, node: Any) -> tuple[float, float]:
-        return (-rank_level(self.steps(node), float(self.evict_pri_level)), node.last_access_time)
+    def get_priority(self, node: Any) -> tuple:
+        registry = self._registry()
+        best, declared = math.inf, False
+        for agent in agents_of(node):
+            p = registry.priority(agent)
+            if p < best:
+                best, declared = p, registry.is_declared(agent, p)
+            elif p == best and not declared and p < math.inf:
+                declared = registry.is_declared(agent, p)
+        return rank_key(best, float(self.evict_pri_level), node.last_access_time, declared)

@@ -214,6 +214,11 @@ class ScopedPriority(AgentPriority):
             return g
         return self.weight * g + (1.0 - self.weight) * q
 
+    def declared(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is a scoped key of a declared (tracked) instance."""
+        wf, _ = split_scope(agent_id)
+        return wf is not None and wf in self.tracker
+
     def subscribe(self) -> ChangeFeed:
         sources = [self.tracker.subscribe_scoped(), self.fallback.subscribe()]
         if self.weight is not None:
