@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from policy_sweep import (KINDS, PAGE_SIZE, build_trace, largest_request, machine_info,  # noqa: E402
                           profile_params, reused_working_set)
 
+from context_forge.prefetch.planner import DEFAULT_MIN_PROB  # noqa: E402
 from context_forge.sim.simulator import SimConfig, simulate  # noqa: E402
 
 FRACTIONS = (0.2, 0.4)
@@ -64,7 +65,7 @@ def cases(only: str | None) -> list[tuple[str, str, str, dict[str, Any]]]:
     return out
 
 
-def run_case(case: tuple[str, str, str, dict[str, Any]], min_prob: float = 0.3) -> dict[str, Any]:
+def run_case(case: tuple[str, str, str, dict[str, Any]], min_prob: float = DEFAULT_MIN_PROB) -> dict[str, Any]:
     group, label, kind, params = case
     t0 = time.perf_counter()
     trace = build_trace(kind, params)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", choices=("tuned", "held_out"))
-    ap.add_argument("--prefetch-min-prob", type=float, default=0.3,
+    ap.add_argument("--prefetch-min-prob", type=float, default=DEFAULT_MIN_PROB,
                     help="two tiers: prefetch an undeclared workflow's agent from this probability up")
     args = ap.parse_args(argv)
     command = "python benchmarks/rank_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])

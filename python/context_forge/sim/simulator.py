@@ -34,7 +34,7 @@ from context_forge.cache import (
 )
 from context_forge.trace.records import Trace
 from context_forge.prefetch.guard import PrefetchGuard
-from context_forge.prefetch.planner import PlannerConfig, PrefetchPlanner, host_only_pages
+from context_forge.prefetch.planner import DEFAULT_MIN_PROB, PlannerConfig, PrefetchPlanner, host_only_pages
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
 from context_forge.workflow.scope import scope_key
@@ -72,7 +72,7 @@ class SimConfig:
     write_policy: str = "write_back"
     chunked_prefill_size: int = 8192
     max_running: int = 256
-    prefetch_min_prob: float = 0.3
+    prefetch_min_prob: float = DEFAULT_MIN_PROB
     prefetch_budget: float = 0.25
     """Fraction of the device pool that protected (landed, not yet used) prefetches may hold; 0
     turns protection off (prefetched KV is then evictable as soon as it lands)."""
