@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Callable, ClassVar, Protocol
 
 from context_forge.registry import Registry
@@ -174,6 +175,24 @@ def rank_key(rank: float, near: float, last_access: float, declared: bool = Fals
     return (-level, 0, last_access)
 
 
+def nearest_use(tags: Iterable[str], priority: Callable[[str], float],
+                declared: Callable[[str], bool] | None = None) -> tuple[float, bool]:
+    """The nearest next use among ``tags`` (``inf`` when none is expected), and whether
+    ``declared`` holds for a tag at that rank (for any of the tags tied there: the answer must not
+    depend on set order). Ranks are steps, never below 0, so a 0 ends the search once decided."""
+    best, is_declared = math.inf, False
+    for tag in tags:
+        p = priority(tag)
+        if p < best:
+            best = p
+            is_declared = declared is not None and declared(tag)
+        elif p == best and not is_declared and declared is not None and p < math.inf:
+            is_declared = declared(tag)
+        if best <= 0 and (is_declared or declared is None):
+            break
+    return best, is_declared
+
+
 class _AgentAwarePolicy(EvictionPolicy):
     """Ranks by the node's nearest next use among its user tags, then by recency (`rank_key`).
 
@@ -198,26 +217,10 @@ class _AgentAwarePolicy(EvictionPolicy):
         self._declared: Callable[[str], bool] | None = getattr(priority, "declared", None)
 
     def node_priority(self, node: RadixNode) -> float:
-        return self._best(node)[0]
-
-    def _best(self, node: RadixNode) -> tuple[float, bool]:
-        """The nearest next use among the node's tags, and whether a declared tag has it (any of
-        the tags tied there: the answer must not depend on set order)."""
-        prio, is_declared = self.source.priority, self._declared
-        best, declared = math.inf, False
-        for agent in node.agents:
-            p = prio(agent)
-            if p < best:
-                best = p
-                declared = is_declared is not None and is_declared(agent)
-            elif p == best and not declared and is_declared is not None and p < math.inf:
-                declared = is_declared(agent)
-            if best <= 0 and (declared or is_declared is None):
-                break
-        return best, declared
+        return nearest_use(node.agents, self.source.priority)[0]
 
     def key(self, node: RadixNode) -> tuple:
-        best, declared = self._best(node)
+        best, declared = nearest_use(node.agents, self.source.priority, self._declared)
         return rank_key(best, self.near, node.last_access, declared, self.bands)
 
     def changed_agents(self) -> set[str]:

@@ -114,9 +114,10 @@ class WorkflowRegistry:
         more urgent, inf = not expected)."""
         return self._priority.priority(agent_id)
 
-    def is_declared(self, agent_id: str, priority: float) -> bool:
-        """Whether ``priority`` (the agent's) is what a live workflow's declared steps say, not a
+    def is_declared(self, agent_id: str) -> bool:
+        """Whether the agent's priority is what a live workflow's declared steps say, not a
         prediction or a learned recurrence (`rank_key` orders such nodes differently)."""
+        priority = self.priority(agent_id)
         return priority < math.inf and self.declared.priority(agent_id) == priority
 
     def is_running(self, agent_id: str) -> bool:

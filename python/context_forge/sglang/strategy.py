@@ -10,12 +10,11 @@ after the others, most recently used first; the others least recently used first
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 
-from context_forge.cache.policy import rank_key
+from context_forge.cache.policy import nearest_use, rank_key
 from context_forge.sglang.registry import WorkflowRegistry, get_registry
 from context_forge.sglang.tags import agents_of
 
@@ -56,16 +55,9 @@ class WorkflowStrategy(EvictionStrategy):
 
     def steps(self, node: Any) -> float:
         """Fewest steps-to-execution among the node's agents (inf when none is expected)."""
-        registry = self._registry()
-        return min((registry.priority(a) for a in agents_of(node)), default=math.inf)
+        return nearest_use(agents_of(node), self._registry().priority)[0]
 
     def get_priority(self, node: Any) -> tuple:
         registry = self._registry()
-        best, declared = math.inf, False
-        for agent in agents_of(node):
-            p = registry.priority(agent)
-            if p < best:
-                best, declared = p, registry.is_declared(agent, p)
-            elif p == best and not declared and p < math.inf:
-                declared = registry.is_declared(agent, p)
+        best, declared = nearest_use(agents_of(node), registry.priority, registry.is_declared)
         return rank_key(best, float(self.evict_pri_level), node.last_access_time, declared)
