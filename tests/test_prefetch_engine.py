@@ -41,7 +41,9 @@ from context_forge.workflow.scope import scope_key
 PS = 4
 TOK = ByteTokenizer()
 _ids = itertools.count()
-ENGINE_CONFIG = {"max_total_tokens": PS * 48, "radix_eviction_policy": "kvflow", "enable_hierarchical_cache": True,
+# 64 pages: a round's running planner (13 pages) beside the coder's prefetch (10) stays within the
+# guard's DEEP_HEADROOM share, whichever side of the planner's finish the prefetch is planned on.
+ENGINE_CONFIG = {"max_total_tokens": PS * 64, "radix_eviction_policy": "kvflow", "enable_hierarchical_cache": True,
                  "hicache_ratio": 4.0, "load_ahead_step": 1}
 
 

@@ -163,3 +163,44 @@ def test_an_agent_expected_to_reset_gets_only_the_prefix_resets_kept():
         depth += len(node.key)
         node = node.parent
     assert depth == len(system)
+
+
+def test_a_target_leaves_out_the_larger_suffixes_recent_requests_dropped():
+    """Eviction keeps rule 4's upper-quartile drop untagged; the planner also leaves out the rest
+    of the largest recent drop (``drop_spread``), splitting the node the cut falls in, so a load
+    does not bring pages the next request is likely to replace."""
+    from context_forge.cache.radix import RadixTree
+    from context_forge.workflow.scope import scope_key
+    wf = LiveWorkflows()
+    tree = RadixTree(PS)
+    planner = PrefetchPlanner(wf, tree, PlannerConfig())
+    key = scope_key("w", "coder")
+    page = iter(range(10_000))
+
+    def request(tokens: list[int]):
+        tree.match(tokens, agent_id=key)
+        return tree.insert(tokens, [next(page) for _ in range(len(tokens) // PS)], agent_id=key).node
+
+    kept = toks(1, 20)
+    for turn, tail_pages in enumerate((1, 1, 4, 1, 1)):
+        request(kept + toks(50 + turn, tail_pages))  # the next request drops this tool result
+        kept += toks(10 + turn, 3)
+    end = request(kept + toks(60, 6))
+    spread = tree.usage.drop_spread(key)
+    assert spread >= PS and spread % PS == 0  # one drop of 4 pages among drops of one page
+
+    def depth(node) -> int:
+        n = 0
+        while node.parent is not None:
+            n += len(node.key)
+            node = node.parent
+        return n
+    tagged = tree.usage.deepest(key)
+    target = planner.target_node("w", "coder")
+    assert tagged is not None and target is not None
+    assert depth(tagged) < len(kept) + 6 * PS  # rule 4 untagged the expected drop
+    assert depth(target) == depth(tagged) - spread  # split at a page boundary where needed
+    node = end
+    while node is not None and node is not target:
+        node = node.parent
+    assert node is target, "the target is on the request's path"

@@ -305,6 +305,18 @@ class UsageIndex:
             return None
         return resets.expected_keep(sum(len(n.key) for n in self.tree.agent_nodes(key)))
 
+    def drop_spread(self, key: str) -> int:
+        """Tokens by which the largest of the agent's recent drops exceeds the expected one
+        (rule 4's upper quartile): the part of an untagged-suffix estimate a next request may
+        still drop."""
+        _, agent = split_scope(key)
+        drop = self._drop.get(agent)
+        if drop is None or len(drop.recent) < 2:
+            drop = self._any_drop
+        if len(drop.recent) < 2:
+            return 0
+        return max(drop.recent) - drop.expected
+
     def deepest(self, key: str) -> RadixNode | None:
         """The deepest node tagged ``key`` (the end of its latest path), if any."""
         best, best_depth = None, -1

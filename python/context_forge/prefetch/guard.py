@@ -37,7 +37,7 @@ HEADROOM = 0.9
 an agent due at the next step: the rest absorbs decode growth and the next arrivals without
 evicting a prefetch."""
 
-DEEP_HEADROOM = 0.5
+DEEP_HEADROOM = 0.4
 """The same share for an agent due one step or more later: requests of other agents and
 workflows arrive before it runs, and an admission short of room releases protections (measured
 with ``benchmarks/rank_sweep.py``: with 0.9 for every target, 24.8 % of all prefetched tokens were

@@ -101,14 +101,23 @@ def host_only_pages(node: RadixNode) -> int:
     return n
 
 
-def _within(node: RadixNode, tokens: int) -> RadixNode | None:
-    """The deepest node on the path to ``node`` that ends within its first ``tokens`` tokens."""
+def _tokens(node: RadixNode) -> int:
     depth = 0
-    path = node
-    while path.parent is not None:
-        depth += len(path.key)
-        path = path.parent
+    while node.parent is not None:
+        depth += len(node.key)
+        node = node.parent
+    return depth
+
+
+def _within(node: RadixNode, tokens: int, tree: RadixTree | None = None) -> RadixNode | None:
+    """The deepest node on the path to ``node`` that ends within its first ``tokens`` tokens;
+    with ``tree``, the node the boundary falls in is split at the page boundary below it."""
+    depth = _tokens(node)
     while node.parent is not None and depth > tokens:
+        if tree is not None and depth - len(node.key) < tokens:
+            pages = (tokens - (depth - len(node.key))) // tree.page_size
+            if pages > 0:
+                return tree._split(node, pages)
         depth -= len(node.key)
         node = node.parent
     return node if node.parent is not None else None
@@ -189,7 +198,12 @@ class PrefetchPlanner:
                 node = usage.deepest(key)
                 if node is not None and node_is_live(node, self.tree.page_size):
                     keep = usage.expected_keep(key)
-                    return node if keep is None else _within(node, keep)
+                    if keep is None:
+                        spread = usage.drop_spread(key)
+                        if not spread:
+                            return node
+                        return _within(node, _tokens(node) - spread, self.tree)
+                    return _within(node, keep, self.tree)
         node = self._last.get((workflow_id, agent_id))
         if node is not None and node_is_live(node, self.tree.page_size):
             return node
