@@ -204,3 +204,34 @@ def test_a_target_leaves_out_the_larger_suffixes_recent_requests_dropped():
     while node is not None and node is not target:
         node = node.parent
     assert node is target, "the target is on the request's path"
+
+
+def test_an_agent_seen_in_one_workflow_gets_the_prefix_other_agents_shared_across_instances():
+    """The first instance's whole path is all an agent seen once has; a next instance shares only
+    its system prompt. Agents seen in two instances tell how long that shared prefix runs (the
+    median, ``UsageIndex.first_share``), and the planner loads that much of the once-seen path."""
+    from context_forge.cache.radix import RadixTree
+    from context_forge.workflow.scope import scope_key
+    wf = LiveWorkflows()
+    tree = RadixTree(PS)
+    planner = PrefetchPlanner(wf, tree, PlannerConfig())
+    page = iter(range(10_000))
+    system = {a: toks(seed, 4) for seed, a in enumerate(("planner", "coder", "reviewer"), start=1)}
+
+    def request(w: str, agent: str, task_seed: int):
+        tokens = system[agent] + toks(task_seed, 6)
+        key = scope_key(w, agent)
+        tree.match(tokens, agent_id=key)
+        return tree.insert(tokens, [next(page) for _ in range(len(tokens) // PS)], agent_id=key).node
+
+    for agent, seed in (("planner", 10), ("coder", 11), ("reviewer", 12)):
+        request("w1", agent, seed)
+    tree.usage.forget_workflow("w1")
+    assert tree.usage.first_share("reviewer") is None  # no agent seen twice yet
+    for agent, seed in (("planner", 20), ("coder", 21)):
+        request("w2", agent, seed)
+    assert tree.usage.first_share("reviewer") == 4 * PS
+    assert tree.usage.first_share("coder") is None  # it has its own evidence
+    target = planner.target_node("w3", "reviewer")
+    assert target is not None and target.parent is tree.root
+    assert list(target.key) == system["reviewer"]

@@ -147,6 +147,7 @@ class UsageIndex:
         self._workflow_keys: dict[str, set[str]] = {}
         self._last_workflow: dict[str, str] = {}
         self._carry: dict[str, _Carry] = {}
+        self._median_share: int | None = None
         self._drop: dict[str, _Drop] = {}
         self._any_drop = _Drop()
         self._resets: dict[str, _Resets] = {}
@@ -247,6 +248,7 @@ class UsageIndex:
                     carry.grew += shared > carry.shared
                 carry.compared = True
                 carry.shared = shared
+                self._median_share = None
         carry.previous = [n.key for n in kept]
         return carry
 
@@ -316,6 +318,19 @@ class UsageIndex:
         if len(drop.recent) < 2:
             return 0
         return max(drop.recent) - drop.expected
+
+    def first_share(self, agent_id: str) -> int | None:
+        """For an agent seen in one workflow only (its bare key holds that workflow's whole path):
+        the tokens a next workflow is expected to share with it, the median cross-instance prefix
+        of the agents seen in two or more; None when the agent has its own evidence or no agent
+        has any."""
+        carry = self._carry.get(agent_id)
+        if carry is not None and carry.compared:
+            return None
+        if self._median_share is None:
+            shares = sorted(c.shared for c in self._carry.values() if c.compared)
+            self._median_share = shares[len(shares) // 2] if shares else -1
+        return None if self._median_share < 0 else self._median_share
 
     def deepest(self, key: str) -> RadixNode | None:
         """The deepest node tagged ``key`` (the end of its latest path), if any."""

@@ -42,7 +42,9 @@ DEEP_HEADROOM = 0.4
 workflows arrive before it runs, and an admission short of room releases protections (measured
 with ``benchmarks/rank_sweep.py``: with 0.9 for every target, 24.8 % of all prefetched tokens were
 wasted, most of them released for an admission; with 0.5 beyond the next step, 20.2 %, and no
-makespan longer)."""
+makespan longer; 0.5 -> 0.4, once the planner's target cuts were in: 13.1 % -> 13.0 %, with
+``template`` defaults 20 % 26 % -> 17 % and its makespan 1.0013x -> 1.0037x of lru's; 0.3 wasted
+12.7 % but left ``fanout/agentic`` 40 % just over 25 % and made ``peer/agentic`` 20 % slower)."""
 
 
 @dataclass

