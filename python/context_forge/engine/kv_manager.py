@@ -216,6 +216,17 @@ class KVManager:
         if wait is not None:
             self.cache.unlock(wait.node)  # type: ignore[union-attr]
 
+    def holds_wait(self, st: ReqState) -> bool:
+        """Whether ``st`` waits with its matched prefix locked (a load for it queued or landed)."""
+        return st in self._waits
+
+    def drop_waits(self) -> None:
+        """Unlock every waiting request's matched prefix (they stay queued and match again when
+        tried: a landed prefix is still cached, only evictable now)."""
+        for wait in self._waits.values():
+            self.cache.unlock(wait.node)  # type: ignore[union-attr]
+        self._waits.clear()
+
     @property
     def num_waiting_for_loads(self) -> int:
         return len(self._waits)

@@ -87,6 +87,13 @@ class Scheduler:
         self.waiting.append(st)
 
     def schedule(self) -> Batch:
+        """Decodes, chunked prefills, then admissions in arrival order. A request that finds no
+        room stops ordinary admissions (later ones would take the pages it waits for), but a
+        request whose prefix load already landed and is locked for it (``kv.holds_wait``) is still
+        admitted: otherwise its lock pins the pages the blocked one needs, and with a small pool
+        nothing moves again (measured: 16 concurrent workflows whose system prompts fill the
+        pool twice over hung every policy). If room is still short with nothing running, every
+        wait lock is dropped, so the next step can evict those prefixes for the head request."""
         batch = Batch()
         self._schedule_decodes(batch)
         budget = self.prefill_budget if self.prefill_budget is not None else float("inf")
@@ -98,8 +105,12 @@ class Scheduler:
             budget -= n
         admitted_tokens = 0
         i = 0
+        blocked = False
         while i < len(self.waiting) and budget > 0 and len(self.running) < self.max_running:
             st = self.waiting[i]
+            if blocked and not self.kv.holds_wait(st):
+                i += 1
+                continue
             if (self.max_prefill_tokens is not None and admitted_tokens
                     and admitted_tokens + st.num_pending > self.max_prefill_tokens):
                 break
@@ -108,7 +119,9 @@ class Scheduler:
                 i += 1
                 continue
             if hit is None:
-                break
+                blocked = True
+                i += 1
+                continue
             del self.waiting[i]
             st.phase = Phase.RUNNING
             self.running.append(st)
@@ -117,6 +130,8 @@ class Scheduler:
             n = int(min(st.num_pending, budget))
             batch.seqs.append(ScheduledSeq(st, n))
             budget -= n
+        if blocked and not self.running:
+            self.kv.drop_waits()
         return batch
 
     def _schedule_decodes(self, batch: Batch) -> None:
