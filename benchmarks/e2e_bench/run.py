@@ -419,10 +419,10 @@ class Bench:
                     info["start_s"] = round(server.start(min(self.s.server_timeout_s, self.left() - STOP_RESERVE_S)), 3)
                 self.estimate.observe_start(info["start_s"])
                 with self.phase(f"warm up server {index}"):
-                    # As long as the longest request (within half the pool): each server then pays
-                    # its first-call costs for the replay's prompt shapes here, not in its first
-                    # replay (measured on the H100: with a 512-token warm-up, whichever policy ran
-                    # first was 2.5 s slower on peer-16k with the same loads and hits).
+                    # As long as the longest request (within half the pool), so first calls of the
+                    # replay's prompt shapes happen here. It does not remove the cost the first
+                    # server on a fresh machine pays (H100: 1.3-1.5x on peer-16k with the same loads
+                    # and hits, results/e2e/h100_2026-12-07e): compare with the run order reversed.
                     longest = max(it.trace.footprint.max_request for it in sess.items)
                     info["warm_up_s"] = round(server.warm_up(min(longest, sess.pool_pages * ps // 2)), 3)
             except (ServerStartError, OSError, ValueError, KeyError, httpx.HTTPError) as exc:
