@@ -78,6 +78,25 @@ def test_first_workflow_of_an_agent_leaves_its_path_under_the_bare_key() -> None
     assert t.tagged("npc") == 24
 
 
+def test_an_agent_seen_once_keeps_only_the_prefix_others_shared_when_they_tell_it() -> None:
+    """Where agents seen in two workflows shared a 16-token system prompt with their previous one
+    (``first_share``), an agent seen in one finished workflow keeps that much of its path under
+    its bare key; the rest (that instance's own task) is untagged and goes first."""
+    t = Tree()
+    for agent, tag in (("planner", 1), ("coder", 2)):
+        t.request(seg(tag, 16) + seg(10 + tag, 8), "w1", agent)
+        t.request(seg(tag, 16) + seg(20 + tag, 8), "w2", agent)
+    t.request(seg(3, 16) + seg(30, 12), "w2", "reviewer")
+    assert t.tree.usage.first_share("reviewer") == 16
+    t.tree.forget_workflow("w1")
+    t.tree.forget_workflow("w2")
+    assert t.tagged(scope_key("w2", "reviewer")) == 0
+    assert t.tagged("reviewer") == 16
+    tail = [n for n in t.tree.nodes() if n.key[:1] == [30000]]
+    assert tail and not tail[0].agents
+    t.check_superset()
+
+
 def test_carried_memory_keeps_the_whole_latest_path_under_the_bare_key() -> None:
     """Each round's prompt extends the previous round's: the carry is told from the tokens, even
     when the old path is no longer cached."""
