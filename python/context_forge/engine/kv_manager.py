@@ -8,15 +8,8 @@ that someone else can read.
 
 Host hits. Without a loader, admission loads a host-only prefix back synchronously. With a
 loader (the prefetcher), admission never blocks on a copy: a request whose prefix is on the host
-gets an on-demand load queued, and one whose prefix is still landing (a prefetch or an earlier
-on-demand load) is answered ``WAITING``; the scheduler leaves it queued and admits others. While
-it waits, the request locks the deepest node it matched, so the loaded KV cannot be evicted
-before it is admitted.
-
-Layer waiting (``layer_wait``): a request whose prefix is still landing is admitted as soon as
-every load on its path has issued all its layers (``LayerGate.issued``); the gates go to
-``st.kv_gates`` and its first forward pass waits per layer. Until then it is ``WAITING`` and its
-loads are expedited (no longer paced).
+or still landing is answered ``WAITING`` and keeps its matched node locked meanwhile
+(`load_waits.LoadWaits`); the scheduler leaves it queued and admits others.
 """
 
 from __future__ import annotations
@@ -24,16 +17,15 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from context_forge.cache.node import RadixNode
 from context_forge.kv.pool import PagePool
-from context_forge.cache.radix import MatchResult
 from context_forge.cache.tiered import RadixCache
 from context_forge.workflow.scope import scope_key
 
+from .load_waits import Loader, LoadWaits
 from .req_state import ReqState
 
 
@@ -56,23 +48,6 @@ class Admission(enum.Enum):
 
 WAITING = Admission.WAITING
 """``KVManager.admit``'s answer for a request whose prefix is still being loaded."""
-
-
-class Loader(Protocol):
-    """What admission needs from the prefetcher (``prefetch.service.WorkflowPrefetcher``)."""
-
-    def demand(self, node: RadixNode) -> object | None: ...
-
-    def claim(self, pages: Iterable[int], workflow_id: str | None = None, agent_id: str | None = None) -> int: ...
-
-    def release_for_alloc(self) -> bool: ...
-
-
-@dataclass
-class _Wait:
-    node: RadixNode
-    since: float
-    loaded_tokens: int = 0
 
 
 def cache_tag(st: ReqState) -> str | None:
@@ -104,7 +79,7 @@ class KVManager:
         self.clock = clock
         self.in_use = 0
         self._locked = Counter[int]()
-        self._waits: dict[ReqState, _Wait] = {}
+        self._waits = LoadWaits(cache, loader, clock, layer_wait) if loader is not None else None
 
     # ---------------------------------------------------------------- admission
     def admit(self, st: ReqState, reserve: int = 0) -> AdmitResult | Admission | None:
@@ -122,9 +97,10 @@ class KVManager:
         if cache is not None:
             key = tokens[:len(tokens) - 1]  # the last token is always computed, for its logits
             agent = cache_tag(st)
-            m = cache.match(key, agent_id=agent, touch=st not in self._waits)
-            if self.loader is not None:
-                if self._must_wait(st, m):
+            waits = self._waits
+            m = cache.match(key, agent_id=agent, touch=waits is None or st not in waits)
+            if waits is not None:
+                if waits.must_wait(st, m):
                     return WAITING
                 if m.host_len:  # admitted with the just-queued load of its host part still landing
                     m = cache.match(key, agent_id=agent, touch=False)
@@ -160,49 +136,9 @@ class KVManager:
             self._end_wait(st, result, shared)
         return result
 
-    def _must_wait(self, st: ReqState, m: MatchResult) -> bool:
-        """With a loader: queue an on-demand load for a host-only part of the match, and say
-        whether the request must wait (something on its path is loading; with layer waiting, only
-        until every load on its path has issued all its layers)."""
-        loading = [n for n in m.nodes if n.is_loading]
-        task = self.loader.demand(m.last_node) if m.host_len else None  # type: ignore[union-attr]
-        if not loading and task is None:
-            return False
-        wait = self._waits.get(st)
-        if wait is None or wait.node is not m.last_node:
-            self.cache.lock(m.last_node)  # type: ignore[union-attr]
-            if wait is not None:
-                self.cache.unlock(wait.node)  # type: ignore[union-attr]
-                wait.node = m.last_node
-            else:
-                wait = self._waits[st] = _Wait(m.last_node, self.clock())
-        plan = getattr(task, "plan", None)
-        if plan is not None:
-            wait.loaded_tokens += plan.tokens
-            loading.extend(plan.nodes)
-        return not (self.layer_wait and self._start_gated(st, loading))
-
-    def _start_gated(self, st: ReqState, loading: list[RadixNode]) -> bool:
-        """Layer waiting: take the gates of the loads on the path if all can be waited on per
-        layer; otherwise expedite them and say no."""
-        gates: list = []
-        for n in loading:
-            gate = n.loading.gate  # type: ignore[union-attr]
-            if gate is None:
-                return False
-            if gate not in gates:
-                gates.append(gate)
-        if all(g.issued for g in gates):
-            st.kv_gates = gates
-            return True
-        for g in gates:
-            g.expedite = True
-        return False
-
     def _end_wait(self, st: ReqState, result: AdmitResult, shared: list[int]) -> None:
-        wait = self._waits.pop(st, None)
+        wait = self._waits.end(st)  # type: ignore[union-attr]
         if wait is not None:
-            self.cache.unlock(wait.node)  # type: ignore[union-attr]
             loaded = min(wait.loaded_tokens, result.device_hit)
             result.host_hit += loaded
             result.device_hit -= loaded
@@ -212,24 +148,21 @@ class KVManager:
 
     def forget(self, st: ReqState) -> None:
         """``st`` left the waiting queue without being admitted (abort): drop its wait lock."""
-        wait = self._waits.pop(st, None)
-        if wait is not None:
-            self.cache.unlock(wait.node)  # type: ignore[union-attr]
+        if self._waits is not None:
+            self._waits.forget(st)
 
     def holds_wait(self, st: ReqState) -> bool:
         """Whether ``st`` waits with its matched prefix locked (a load for it queued or landed)."""
-        return st in self._waits
+        return self._waits is not None and st in self._waits
 
     def drop_waits(self) -> None:
-        """Unlock every waiting request's matched prefix (they stay queued and match again when
-        tried: a landed prefix is still cached, only evictable now)."""
-        for wait in self._waits.values():
-            self.cache.unlock(wait.node)  # type: ignore[union-attr]
-        self._waits.clear()
+        """Unlock every waiting request's matched prefix (``LoadWaits.drop_all``)."""
+        if self._waits is not None:
+            self._waits.drop_all()
 
     @property
     def num_waiting_for_loads(self) -> int:
-        return len(self._waits)
+        return 0 if self._waits is None else len(self._waits)
 
     def ensure(self, st: ReqState, num_tokens: int) -> bool:
         """Make ``st``'s page table cover its next ``num_tokens`` tokens, evicting cache if needed."""
