@@ -21,12 +21,10 @@ from context_forge.engine.engine import Engine
 from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from context_forge.engine.kv_manager import KVManager
 from context_forge.kv.buffer_transfer import BufferTransfer
-from context_forge.engine.output import OutputStream
 from context_forge.engine.req_state import ReqState
 from context_forge.engine.request import GenerateRequest, SamplingParams
-from context_forge.engine.scheduler import Batch, Scheduler
+from context_forge.engine.scheduler import Scheduler
 from context_forge.engine.workflows import SharedWorkflows
-from context_forge.model.tokenizer import ByteTokenizer
 from context_forge.prefetch import (
     ControllerConfig,
     CpuCopier,
@@ -37,9 +35,9 @@ from context_forge.prefetch import (
 )
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
 from context_forge.workflow.scope import scope_key
+from stack_support import GatedCopier, PretendModelLoop, prompt, request_state
 
 PS = 4
-TOK = ByteTokenizer()
 _ids = itertools.count()
 # 64 pages: a round's running planner (13 pages) beside the coder's prefetch (10) stays within the
 # guard's DEEP_HEADROOM share, whichever side of the planner's finish the prefetch is planned on.
@@ -47,26 +45,11 @@ ENGINE_CONFIG = {"max_total_tokens": PS * 64, "radix_eviction_policy": "kvflow",
                  "hicache_ratio": 4.0, "load_ahead_step": 1}
 
 
-class GatedCopier(CpuCopier):
-    """The real CPU copier; loads wait until the test opens ``gate`` (keeps a load in flight)."""
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        self.gate = threading.Event()
-
-    def _issue(self, state, unit, host_pages, device_pages) -> None:
-        assert self.gate.wait(10), "gate never opened"
-        super()._issue(state, unit, host_pages, device_pages)
-
-
 def state(prompt: list[int], max_tokens: int = 2, workflow_id=None, agent_id=None) -> ReqState:
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    req = GenerateRequest(f"r{next(_ids)}", prompt, params, workflow_id=workflow_id, agent_id=agent_id)
-    return ReqState(req=req, stream=OutputStream(TOK, params, (), 10_000), generator=torch.Generator(),
-                    emit=lambda out: None)
+    return request_state(prompt, max_tokens, workflow_id, agent_id)
 
 
-class Stack:
+class Stack(PretendModelLoop):
     """Scheduler, KV manager and prefetcher over real buffers, cache and workflows."""
 
     def __init__(self, copier_cls=GatedCopier, layer_wait: bool = False) -> None:
@@ -88,35 +71,6 @@ class Stack:
         self.sched = Scheduler(self.kv, 64, 8)
         self.pf.start()
 
-    def step(self) -> tuple[list[ReqState], Batch]:
-        """One scheduler step with a pretend model: the requests that finished, and the batch."""
-        with self.lock:
-            self.pf.tick()
-            batch = self.sched.schedule()
-            done = []
-            for s in batch.seqs:
-                st = s.state
-                st.computed += s.num_tokens
-                if st.num_pending == 0:
-                    st.all_ids.append(7)
-                    if st.num_output >= st.req.sampling.max_tokens:
-                        self.sched.finish(st)
-                        done.append(st)
-            self.kv.check()
-            return done, batch
-
-    def run(self, *states: ReqState) -> None:
-        for st in states:
-            with self.lock:
-                self.sched.add(st)
-        for _ in range(1000):
-            if not self.sched.has_work:
-                return
-            self.step()
-            if self.sched.waiting and not self.sched.running:
-                self.pf.wait_idle()
-        raise AssertionError("scheduler did not finish")
-
     def offloaded(self, tokens: list[int]) -> ReqState:
         """Run a request of ``tokens``, send its KV to the host, close the copier's gate (loads
         stay in flight) and queue the same prompt again; returns the queued request."""
@@ -133,10 +87,6 @@ class Stack:
         if isinstance(self.copier, GatedCopier):
             self.copier.gate.set()
         self.pf.stop()
-
-
-def prompt(seed: int, length: int) -> list[int]:
-    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
 
 
 def test_a_request_waits_for_its_on_demand_load_while_others_run():

@@ -9,7 +9,6 @@ Every test ends with the page invariants (free + cached + in use == capacity) ch
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import pytest
@@ -19,56 +18,29 @@ from context_forge.cache.node import RadixNode
 from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from context_forge.engine.kv_manager import KVManager
 from context_forge.kv.buffer_transfer import BufferTransfer
-from context_forge.engine.output import OutputStream
 from context_forge.engine.req_state import ReqState
-from context_forge.engine.request import GenerateRequest, SamplingParams
 from context_forge.engine.scheduler import Scheduler
 from context_forge.engine.workflows import SharedWorkflows
-from context_forge.model.tokenizer import ByteTokenizer
 from context_forge.prefetch import (
     ControllerConfig,
-    CpuCopier,
     ObservedPagePool,
     PlannerConfig,
     TaskState,
 )
 from context_forge.prefetch.service import WorkflowPrefetcher
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
+from stack_support import GatedCopier, PretendModelLoop, prompt, request_state
 
 PS = 4
 PAGES = 32
-TOK = ByteTokenizer()
-_ids = itertools.count()
 GRAPH = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)), AgentSpec("tester", ("coder",))])
 
 
-class GatedCopier(CpuCopier):
-    """The real CPU copier; units wait until ``gate`` is open (keeps a prefetch in flight)."""
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.gate = threading.Event()
-        self.gate.set()
-        self.waiting = threading.Event()
-
-    def _issue(self, state, unit, host_pages, device_pages) -> None:  # type: ignore[no-untyped-def]
-        self.waiting.set()
-        assert self.gate.wait(10), "gate never opened"
-        super()._issue(state, unit, host_pages, device_pages)
-
-
 def state(tokens: list[int], workflow_id: str | None = None, agent_id: str | None = None) -> ReqState:
-    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
-    req = GenerateRequest(f"p{next(_ids)}", tokens, params, workflow_id=workflow_id, agent_id=agent_id)
-    return ReqState(req=req, stream=OutputStream(TOK, params, (), 10_000), generator=torch.Generator(),
-                    emit=lambda out: None)
+    return request_state(tokens, 2, workflow_id, agent_id)
 
 
-def prompt(seed: int, length: int) -> list[int]:
-    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
-
-
-class Stack:
+class Stack(PretendModelLoop):
     """Real buffers, cache, workflows, scheduler and prefetcher (``budget`` pages of protection)."""
 
     def __init__(self, budget: int, look_ahead: int = 1) -> None:
@@ -79,7 +51,7 @@ class Stack:
         self.cache = RadixCache(PS, self.pool, PagePool(4 * PAGES, "host"), get_policy("lru"),
                                 BufferTransfer(dev, host), "write_through")
         self.workflows = SharedWorkflows(self.lock)
-        self.copier = GatedCopier(dev, host, 2)
+        self.copier = GatedCopier(dev, host, 2, open_gate=True)
         self.pf = WorkflowPrefetcher(self.cache, self.workflows, self.copier, self.lock,
                                      PlannerConfig(look_ahead), ControllerConfig(), budget_pages=budget)
         self.workflows.add_listener(self.pf.mark)
@@ -95,31 +67,6 @@ class Stack:
         with self.lock:
             self.pf.tick()
         assert self.pf.wait_idle()
-
-    def step(self) -> None:
-        with self.lock:
-            self.pf.tick()
-            batch = self.sched.schedule()
-            for s in batch.seqs:
-                st = s.state
-                st.computed += s.num_tokens
-                if st.num_pending == 0:
-                    st.all_ids.append(7)
-                    if st.num_output >= st.req.sampling.max_tokens:
-                        self.sched.finish(st)
-            self.kv.check()
-
-    def run(self, *states: ReqState) -> None:
-        with self.lock:
-            for st in states:
-                self.sched.add(st)
-        for _ in range(1000):
-            if not self.sched.has_work:
-                return
-            self.step()
-            if self.sched.waiting and not self.sched.running:
-                self.pf.wait_idle()
-        raise AssertionError("scheduler did not finish")
 
     def offload_all(self) -> None:
         with self.lock:

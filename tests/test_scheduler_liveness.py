@@ -12,7 +12,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_prefetch_protection import PAGES, PS, Stack, prompt, state
+from stack_support import prompt
+from test_prefetch_protection import PAGES, PS, Stack, state
 
 SYSTEM_PAGES = (6, 9, 12)
 """Three system prompts: two of them loaded back fill most of the 32-page pool."""
