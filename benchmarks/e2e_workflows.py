@@ -3,7 +3,7 @@
     python benchmarks/e2e_workflows.py --config configs/llama3-8b-h100.yaml --out DIR
         [--cells targets|NAME|GLOB,...] [--runs lru,kvflow,pbkv,unbounded] [--time-budget-s 520]
         [--work-dir DIR] [--server-arg KEY=VALUE ...] [--<profile field> VALUE ...]
-        [--no-warm-system-prompts] [--keep-pressure-modes] [--smoke] [--dry-run]
+        [--no-warm-system-prompts] [--prime-server] [--keep-pressure-modes] [--smoke] [--dry-run]
     python benchmarks/e2e_workflows.py --plot-only DIR
 
 Cells are (workload, system prompt, device pool): {peer, concurrent, dynamic} x {2k, 8k, 16k}
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up on one replay after this long (recorded as failed; the run goes on)")
     parser.add_argument("--no-warm-system-prompts", action="store_true",
                         help="replay cold: do not compute the agents' system prompts before each replay")
+    parser.add_argument("--prime-server", action="store_true",
+                        help="before the measured servers, replay the first group's traces once on a throwaway "
+                             "lru server (kept under 'prime' in the JSON, in no table): the first server on a "
+                             "fresh machine pays costs the later ones do not")
     parser.add_argument("--keep-pressure-modes", action="store_true",
                         help="keep the config's memory-pressure thresholds (the sweep moves them out of the way)")
     parser.add_argument("--server-arg", type=_server_arg, action="append", default=[], metavar="KEY=VALUE",
@@ -125,7 +129,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         profile=profile, time_budget_s=args.time_budget_s, server_timeout_s=args.server_timeout_s,
         replay_timeout_s=args.replay_timeout_s, warm_system_prompts=not args.no_warm_system_prompts,
         keep_pressure_modes=args.keep_pressure_modes, server_args=dict(args.server_arg), smoke=args.smoke,
-        dry_run=args.dry_run,
+        dry_run=args.dry_run, prime_server=args.prime_server,
     )
 
 

@@ -113,3 +113,20 @@ def test_a_server_that_does_not_come_up_is_recorded_with_its_log(tmp_path: Path)
     assert "context_forge.launch_server --config" in run["error"]  # the log tail starts with the command
     session = json.loads((tmp_path / "e2e_results.json").read_text())["sessions"][0]
     assert session["stop_s"] >= 0
+
+
+def test_a_prime_server_replays_first_and_stays_out_of_the_results(tmp_path: Path) -> None:
+    """``--prime-server``: one throwaway lru server replays the first group's traces before the
+    measured ones; its replays go to ``prime``, the measured runs are the same as without it."""
+    done = subprocess.run([sys.executable, str(E2E_SCRIPT), "--smoke", "--out", str(tmp_path), "--prime-server",
+                           "--cells", SMOKE_CELLS[0], "--runs", "lru,kvflow"], capture_output=True, text=True,
+                          timeout=240, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "e2e_results.json").read_text())
+    assert [s["run"] for s in results["sessions"]] == ["prime-lru", "lru", "kvflow"]
+    trace = results["cells"][SMOKE_CELLS[0]]["trace"]
+    assert [(r["run"], r["trace"], r["status"]) for r in results["prime"]] == [("lru", trace, "ok")]
+    assert sorted((r["run"], r["cell"]) for r in results["runs"]) == [("kvflow", SMOKE_CELLS[0]), ("lru", SMOKE_CELLS[0])]
+    assert all(r["status"] == "ok" for r in results["runs"])
+    report = (tmp_path / "e2e_results.md").read_text()
+    assert "prime-lru" not in report.split("## Servers")[0] and "prime-lru" in report  # listed as a server only
