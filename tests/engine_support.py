@@ -17,6 +17,11 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 """What every test engine starts from; a test module's ``ENGINE_CONFIG`` dict overrides it."""
 
 
+def prompt(seed: int, length: int) -> list[int]:
+    """``length`` token ids below 256 (the byte tokenizer's vocabulary), one fixed sequence per seed."""
+    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
+
+
 def start_engine(**config: Any) -> Engine:
     engine = Engine(ServerConfig(**{**ENGINE_DEFAULTS, **config}))
     engine.start()

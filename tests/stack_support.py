@@ -14,6 +14,9 @@ from context_forge.engine.request import GenerateRequest, SamplingParams
 from context_forge.engine.scheduler import Batch
 from context_forge.model.tokenizer import ByteTokenizer
 from context_forge.prefetch import CpuCopier
+from engine_support import prompt
+
+__all__ = ["GatedCopier", "PretendModelLoop", "prompt", "request_state"]
 
 TOK = ByteTokenizer()
 _ids = itertools.count()
@@ -42,10 +45,6 @@ def request_state(tokens: list[int], max_tokens: int = 2, workflow_id: str | Non
     req = GenerateRequest(f"r{next(_ids)}", tokens, params, workflow_id=workflow_id, agent_id=agent_id)
     return ReqState(req=req, stream=OutputStream(TOK, params, (), 10_000), generator=torch.Generator(),
                     emit=lambda out: None)
-
-
-def prompt(seed: int, length: int) -> list[int]:
-    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
 
 
 class PretendModelLoop:

@@ -12,13 +12,9 @@ import itertools
 import pytest
 from context_forge.engine.engine import Engine
 from context_forge.engine.request import GenerateOutput, GenerateRequest, SamplingParams
-from engine_support import PS, settle
+from engine_support import PS, prompt, settle
 
 _ids = itertools.count()
-
-
-def prompt(seed: int, length: int) -> list[int]:
-    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
 
 
 def greedy(max_tokens: int = 12, **kw) -> SamplingParams:

@@ -13,16 +13,13 @@ import itertools
 
 import pytest
 from context_forge.engine.request import GenerateRequest, SamplingParams
+from engine_support import prompt
 
 PS = 4
 POOL_PAGES = 64
 ENGINE_CONFIG = {"max_total_tokens": PS * POOL_PAGES, "enable_hierarchical_cache": True, "hicache_ratio": 4.0,
                  "enable_prefetch": False, "chunked_prefill_size": 512, "max_prefill_tokens": 1024}
 _ids = itertools.count()
-
-
-def prompt(seed: int, length: int) -> list[int]:
-    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
 
 
 def request(tokens: list[int], max_tokens: int = 4) -> GenerateRequest:

@@ -18,7 +18,7 @@ from context_forge.engine.request import GenerateRequest, SamplingParams
 from context_forge.prefetch import CpuCopier, PrefetchStats, TaskKind
 from context_forge.prefetch.meter import TransferMeter
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
-from engine_support import PS
+from engine_support import PS, prompt
 
 _ids = itertools.count()
 ENGINE_CONFIG = {"max_total_tokens": PS * 48, "enable_hierarchical_cache": True, "hicache_ratio": 4.0,
@@ -31,10 +31,6 @@ def generate(engine: Engine, tokens: list[int], **kw: object) -> list:
     async def main() -> list:
         return [o async for o in engine.generate(GenerateRequest(f"b{next(_ids)}", tokens, params, **kw))]
     return asyncio.run(main())
-
-
-def prompt(seed: int, length: int) -> list[int]:
-    return [(seed * 131 + i * 7919) % 256 for i in range(length)]
 
 
 def test_every_policy_with_the_host_tier_gets_the_same_loader_and_only_lru_never_plans(make_engine: Any) -> None:

@@ -254,11 +254,14 @@ class UsageIndex:
         carry.previous = [n.key for n in kept]
         return carry
 
+    def _drops_of(self, agent: str) -> _Drop:
+        """Rule 4's evidence for ``agent``: its own drops once it has two, else every agent's."""
+        drop = self._drop.get(agent)
+        return self._any_drop if drop is None or len(drop.recent) < 2 else drop
+
     def _without_dropped(self, path: Sequence[RadixNode], agent: str, new_tokens: int) -> list[RadixNode]:
         """``path`` less the suffix the agent's next request is expected to drop (rule 4)."""
-        drop = self._drop.get(agent)
-        if drop is None or len(drop.recent) < 2:
-            drop = self._any_drop
+        drop = self._drops_of(agent)
         ps = self.tree.page_size
         cut = min(drop.expected, new_tokens) // ps * ps
         out = list(path)
@@ -321,10 +324,7 @@ class UsageIndex:
         """Tokens by which the largest of the agent's recent drops exceeds the expected one
         (rule 4's upper quartile): the part of an untagged-suffix estimate a next request may
         still drop."""
-        _, agent = split_scope(key)
-        drop = self._drop.get(agent)
-        if drop is None or len(drop.recent) < 2:
-            drop = self._any_drop
+        drop = self._drops_of(split_scope(key)[1])
         if len(drop.recent) < 2:
             return 0
         return max(drop.recent) - drop.expected
