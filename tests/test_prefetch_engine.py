@@ -211,7 +211,9 @@ def ids(outs) -> list[int]:
 
 
 def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives(make_engine):
-    engine = make_engine()
+    # 128 pages, as in the layer-wait test below: whether the planner still runs when the coder is
+    # planned is thread timing, and in 64 pages the coder's prefetch beside it would not be issued.
+    engine = make_engine(max_total_tokens=PS * 128)
     ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
     try:
         graph = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",))], repeat=True)
@@ -234,6 +236,9 @@ def test_next_agents_offloaded_prefix_is_on_the_device_when_its_request_arrives(
         follow_up = code + prompt(13, 8)
         outs = generate(engine, follow_up, workflow_id="wf", agent_id="coder")
         assert outs[-1].cached_tokens == 40
+        with lock:
+            assert pf.protection.guard.own_estimate("coder") == 48 // PS - 40 // PS + 1, \
+                "the guard's estimate: the pages the admission allocated beyond its cached 40 tokens, and max_tokens"
         assert c.prefetch_hit_tokens - before[0] == 40, "the coder's prefix came from a prefetch"
         assert (c.prefetch_stall_s, c.host_hit_tokens) == before[1:], "no stall, no on-demand load"
         assert ids(outs) == ids(generate(ref, follow_up))
@@ -314,7 +319,9 @@ def test_layer_wait_starts_a_request_before_its_prefix_has_landed(make_engine):
 
 
 def test_layer_wait_with_a_prefetch_in_flight_gives_the_same_tokens(make_engine):
-    engine = make_engine(prefetch_wait_mode="layer")
+    # 128 pages: in 64 the coder's prefetch (due after the running planner) and the pages its
+    # request allocates would not fit within guard.DEEP_HEADROOM, and it would not be issued.
+    engine = make_engine(prefetch_wait_mode="layer", max_total_tokens=PS * 128)
     ref = make_engine(disable_radix_cache=True, enable_hierarchical_cache=False)
     try:
         graph = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",))], repeat=True)

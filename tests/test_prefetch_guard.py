@@ -22,7 +22,8 @@ def insert(cache: RadixCache, tokens: list[int], agent: str):
     return res.node
 
 
-def prefetched(cache: RadixCache, guard: PrefetchGuard, task: int, wf: str, agent: str, tokens: list[int]):
+def prefetched(cache: RadixCache, guard: PrefetchGuard, task: int, wf: str, agent: str, tokens: list[int],
+               steps: float = 0.0):
     """Insert ``tokens``, push them to the host only, then load them back and protect them."""
     node = insert(cache, tokens, agent)
     cache.evict_device(cache.device_cached_pages)
@@ -31,7 +32,7 @@ def prefetched(cache: RadixCache, guard: PrefetchGuard, task: int, wf: str, agen
     assert plan is not None
     cache.transfer.host_to_device(plan.host_pages, plan.device_pages)
     cache.finish_loading(plan.ticket, plan.nodes)
-    guard.protect(task, wf, agent, node, len(plan.device_pages))
+    guard.protect(task, wf, agent, node, len(plan.device_pages), steps)
     return node
 
 
@@ -74,8 +75,8 @@ def test_protection_goes_when_no_longer_due(how: str) -> None:
         assert len(guard) == 1
         guard.replanned("wf", ())
     elif how == "oldest":
-        assert guard.release_oldest()
-        assert not guard.release_oldest()
+        assert guard.release_least_urgent()
+        assert not guard.release_least_urgent()
     else:
         guard.release_all()
     assert len(guard) == 0 and guard.pages == 0 and guard.released_unused == 1
@@ -85,15 +86,48 @@ def test_protection_goes_when_no_longer_due(how: str) -> None:
     cache.check(external_device_pages=0)
 
 
-def test_release_oldest_goes_in_protection_order() -> None:
+def test_release_least_urgent_goes_latest_due_then_newest() -> None:
     cache = make()
     guard = PrefetchGuard(cache, budget_pages=20)
-    a = prefetched(cache, guard, 1, "wf", "a", list(range(100, 104)))
-    b = prefetched(cache, guard, 2, "wf", "b", list(range(200, 204)))
-    guard.release_oldest()
-    assert a.lock_ref == 0 and b.lock_ref == 1 and guard.holds("wf", "b") and not guard.holds("wf", "a")
+    a = prefetched(cache, guard, 1, "wf", "a", list(range(100, 104)), steps=1)
+    b = prefetched(cache, guard, 2, "wf", "b", list(range(200, 204)), steps=0)
+    c = prefetched(cache, guard, 3, "wf", "c", list(range(300, 304)), steps=0)
+    guard.release_least_urgent()
+    assert a.lock_ref == 0 and b.lock_ref == 1 and c.lock_ref == 1, "the agent due latest goes first"
+    guard.release_least_urgent()
+    assert c.lock_ref == 0 and b.lock_ref == 1, "among equals the newest goes (the oldest was planned first)"
     guard.protect(2, "wf", "b", b, 2)
     assert b.lock_ref == 1 and guard.pages == 2, "protecting the same task twice is a no-op"
+
+
+def test_replan_with_steps_updates_the_release_order() -> None:
+    """A protection planned for a later step moves up when a replan says its agent is due now."""
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=20)
+    a = prefetched(cache, guard, 1, "wf", "a", list(range(100, 104)), steps=0)
+    b = prefetched(cache, guard, 2, "wf", "b", list(range(200, 204)), steps=1)
+    guard.replanned("wf", {"a": 2.0, "b": 0.0})
+    guard.release_least_urgent()
+    assert a.lock_ref == 0 and b.lock_ref == 1
+
+
+def test_room_counts_the_pages_requests_will_allocate() -> None:
+    """A prefetch is of use only if its request fits beside it: ``room`` adds the pages the agent's
+    latest request allocated beyond its cached prefix, for the new prefetch and for held ones."""
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=DEVICE)
+    limit = int(HEADROOM * DEVICE)
+    assert guard.room(2, busy_pages=limit - 2, agent_id="coder")
+    guard.note_admitted("coder", 3)
+    assert guard.own_estimate("coder") == 3 and guard.own_estimate(None) == 0
+    assert not guard.room(2, busy_pages=limit - 2, agent_id="coder"), "the coder's request would not fit"
+    assert guard.room(2, busy_pages=limit - 5, agent_id="coder")
+    prefetched(cache, guard, 1, "wf", "coder", list(range(100, 104)))
+    assert guard.pages == 2 and guard.own_pages == 3
+    assert guard.room(1, busy_pages=limit - 6) and not guard.room(1, busy_pages=limit - 5), \
+        "a held prefetch's request counts too"
+    guard.claimed_by("wf", "coder")
+    assert guard.pages == 0 and guard.own_pages == 0
 
 
 def test_release_spares_the_agents_it_is_told_to_keep() -> None:
@@ -101,9 +135,9 @@ def test_release_spares_the_agents_it_is_told_to_keep() -> None:
     guard = PrefetchGuard(cache, budget_pages=20)
     a = prefetched(cache, guard, 1, "wf", "a", list(range(100, 104)))
     b = prefetched(cache, guard, 2, "wf", "b", list(range(200, 204)))
-    assert guard.release_oldest(keep={("wf", "a")})
+    assert guard.release_least_urgent(keep={("wf", "a")})
     assert a.lock_ref == 1 and b.lock_ref == 0
-    assert not guard.release_oldest(keep={("wf", "a")}) and a.lock_ref == 1
+    assert not guard.release_least_urgent(keep={("wf", "a")}) and a.lock_ref == 1
 
 
 def test_room_budget_and_busy_pages() -> None:

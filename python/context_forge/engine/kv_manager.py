@@ -133,10 +133,10 @@ class KVManager:
         if st.kv_gates:
             self.gated_admissions += 1
         if self.loader is not None:
-            self._end_wait(st, result, shared)
+            self._end_wait(st, result, shared, need)
         return result
 
-    def _end_wait(self, st: ReqState, result: AdmitResult, shared: list[int]) -> None:
+    def _end_wait(self, st: ReqState, result: AdmitResult, shared: list[int], need: int) -> None:
         wait = self._waits.end(st)  # type: ignore[union-attr]
         if wait is not None:
             loaded = min(wait.loaded_tokens, result.device_hit)
@@ -144,7 +144,8 @@ class KVManager:
             result.device_hit -= loaded
             result.stall_s = max(0.0, self.clock() - wait.since)
         req = st.req
-        result.prefetch_hit = self.loader.claim(shared, req.workflow_id, req.agent_id) * self.page_size  # type: ignore[union-attr]
+        own = need + -(-req.sampling.max_tokens // self.page_size)
+        result.prefetch_hit = self.loader.claim(shared, req.workflow_id, req.agent_id, own) * self.page_size  # type: ignore[union-attr]
 
     def forget(self, st: ReqState) -> None:
         """``st`` left the waiting queue without being admitted (abort): drop its wait lock."""
@@ -177,7 +178,7 @@ class KVManager:
         return True
 
     def _alloc(self, n: int) -> list[int] | None:
-        """``n`` pages (evicting cache); short of room, protected prefetches give way, oldest first."""
+        """``n`` pages (evicting cache); short of room, protected prefetches give way, least urgent first."""
         if self.cache is None:
             return self.pool.alloc(n)
         pages = self.cache.alloc_device(n)

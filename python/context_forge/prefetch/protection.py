@@ -9,8 +9,11 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
   (``finished``). An agent with a request waiting in the queue keeps its protection through
   replans, and through failed allocations while requests run.
-- Failed allocation: an admission (or decode growth) that finds no room releases the oldest
-  protection and retries (:meth:`Protection.release_for_alloc`).
+- Failed allocation: an admission (or decode growth) that finds no room releases the protection
+  whose agent is due latest and retries (:meth:`Protection.release_for_alloc`).
+- Own pages: each admission tells the guard how many pages the request allocated beyond its
+  cached prefix (prompt and ``max_tokens``), the estimate ``room`` counts for that agent's next
+  prefetch.
 
 With ``budget_pages == 0`` nothing is protected and nothing is skipped (the guard is off).
 Not thread-safe: every method runs under the engine lock.
@@ -18,7 +21,7 @@ Not thread-safe: every method runs under the engine lock.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from context_forge.cache.tiered import LoadPlan
@@ -66,26 +69,31 @@ class Protection:
         if not self.on:
             return True
         busy = self.backlog.busy_pages() if self.backlog is not None else 0
-        return self.guard.room(pages, busy, task.steps, task.prob)
+        return self.guard.room(pages, busy, task.steps, task.prob, task.agent_id)
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:
         """*Engine lock.* ``task`` reserved its pages: protect its target until its request comes."""
         if self.on and task.workflow_id is not None and task.agent_id is not None:
-            self.guard.protect(task.id, task.workflow_id, task.agent_id, task.node, len(plan.device_pages))
+            self.guard.protect(task.id, task.workflow_id, task.agent_id, task.node, len(plan.device_pages),
+                               task.steps)
 
     # ---------------------------------------------------------------- engine events
-    def claimed(self, task_ids: Iterable[int], workflow_id: str | None, agent_id: str | None) -> None:
-        """A request was admitted, reusing pages of prefetches ``task_ids``; if it belongs to an
-        agent of a workflow, that agent's protections are used (or moot) too."""
+    def claimed(self, task_ids: Iterable[int], workflow_id: str | None, agent_id: str | None,
+                own_pages: int = 0) -> None:
+        """A request was admitted, reusing pages of prefetches ``task_ids`` and allocating
+        ``own_pages`` beyond its cached prefix; if it belongs to an agent of a workflow, that
+        agent's protections are used (or moot) too."""
+        self.guard.note_admitted(agent_id, own_pages)
         for task_id in task_ids:
             self.guard.claimed(task_id)
         if workflow_id is not None and agent_id is not None:
             self.guard.claimed_by(workflow_id, agent_id)
 
-    def replanned(self, workflow_id: str, due: Collection[str]) -> None:
-        """The workflow's due agents are ``due``: other agents' protections go, unless a request
-        of theirs is waiting."""
-        keep = set(due) | {a for w, a in self._waiting() if w == workflow_id}
+    def replanned(self, workflow_id: str, due: Mapping[str, float]) -> None:
+        """The workflow's due agents are ``due`` (agent -> steps): other agents' protections go,
+        unless a request of theirs is waiting (then it is due now)."""
+        keep = {a: 0.0 for w, a in self._waiting() if w == workflow_id}
+        keep.update(due)
         before = self.guard.released_unused
         self.guard.replanned(workflow_id, keep)
         self.stats.released_unused += self.guard.released_unused - before
@@ -97,13 +105,13 @@ class Protection:
         self.stats.released_unused += self.guard.released_unused - before
 
     def release_for_alloc(self) -> bool:
-        """An allocation found no room: release the oldest protection not held for a waiting
+        """An allocation found no room: release the least urgent protection not held for a waiting
         request (any protection when no request runs: nothing else would free pages); False when
         there is none to release."""
         if not len(self.guard):
             return False
         running = self.backlog is not None and bool(self.backlog.running)
-        released = self.guard.release_oldest(keep=self._waiting() if running else ())
+        released = self.guard.release_least_urgent(keep=self._waiting() if running else ())
         self.stats.released_unused += released
         return released
 

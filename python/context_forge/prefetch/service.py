@@ -18,7 +18,8 @@ pressure mode turns planning on.
 
 Protection (``budget_pages > 0``, see ``prefetch.protection``): replans release the protections
 of agents no longer due, a finished workflow releases all of its own, an admission claims its
-agent's, and a failed allocation releases the oldest (:meth:`release_for_alloc`).
+agent's (and tells the guard the pages it allocated), and a failed allocation releases the
+least urgent (:meth:`release_for_alloc`).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class WorkflowPrefetcher:
         live = set(self.workflows.live_workflows())
         for wf in sorted(dirty):  # a fixed order: the same events give the same queue
             if wf in live:
-                due = {d.agent_id for d in self.planner.due_agents(wf, self._max_steps)}
+                due = {d.agent_id: d.steps for d in self.planner.due_agents(wf, self._max_steps)}
                 self.protection.replanned(wf, due)
                 targets = self.planner.targets(wf, self._max_steps)
                 self.controller.update(wf, targets)
@@ -162,15 +163,17 @@ class WorkflowPrefetcher:
         """*Engine lock.* On-demand load of the host-only part of the path to ``node``."""
         return self.controller.demand(node)
 
-    def claim(self, pages: Iterable[int], workflow_id: str | None = None, agent_id: str | None = None) -> int:
-        """*Engine lock.* A request (of ``agent_id`` in ``workflow_id``) admitted with ``pages``:
-        how many were unclaimed prefetched pages. Claims the protections it used or made moot."""
+    def claim(self, pages: Iterable[int], workflow_id: str | None = None, agent_id: str | None = None,
+              own_pages: int = 0) -> int:
+        """*Engine lock.* A request (of ``agent_id`` in ``workflow_id``) admitted with ``pages``
+        cached and ``own_pages`` to allocate beyond them: how many of ``pages`` were unclaimed
+        prefetched pages. Claims the protections it used or made moot."""
         used, tasks = self.ledger.claim_tasks(pages)
-        self.protection.claimed(tasks, workflow_id, agent_id)
+        self.protection.claimed(tasks, workflow_id, agent_id, own_pages)
         return used
 
     def release_for_alloc(self) -> bool:
-        """*Engine lock.* An allocation found no room: release the oldest protection, if any."""
+        """*Engine lock.* An allocation found no room: release the least urgent protection, if any."""
         return self.protection.release_for_alloc()
 
     # ---------------------------------------------------------------- waiting (tests, benchmarks)

@@ -237,7 +237,7 @@ class Simulator:
             loaded = 0
             if host_hit:
                 loaded = cache.load_back(m.last_node)
-                while not loaded and self.guard.release_oldest(self._waiting_agents()):
+                while not loaded and self.guard.release_least_urgent(self._waiting_agents()):
                     loaded = cache.load_back(m.last_node)  # the request being admitted outranks a prefetch
                 if loaded:
                     before = stall
@@ -246,7 +246,7 @@ class Simulator:
                 m = cache.match(tokens, touch=False)
             cached = m.device_len
             own = cache.alloc_device(self._pages_needed(i) - cached // ps)
-            while own is None and self.guard.release_oldest(self._waiting_agents()):
+            while own is None and self.guard.release_least_urgent(self._waiting_agents()):
                 own = cache.alloc_device(self._pages_needed(i) - cached // ps)
             if own is None:
                 cache.unlock(m.last_node)
@@ -255,6 +255,7 @@ class Simulator:
                 break
             self.waiting.popleft()
             self.guard.claimed_by(r.workflow_id, r.agent_id)
+            self.guard.note_admitted(r.agent_id, len(own))
             prefetch_hit = 0
             if self.prefetched:
                 used = self.prefetched.intersection(m.device_pages)
@@ -374,21 +375,21 @@ class Simulator:
         (``PrefetchGuard``); one that would not fit beside the pages running and queued requests
         need (``busy``: they are admitted first) or the guard's budget is not issued."""
         cache, guard = self.cache, self.guard
-        guard.replanned(wf, {d.agent_id for d in self.planner.due_agents(wf)})
+        guard.replanned(wf, {d.agent_id: d.steps for d in self.planner.due_agents(wf)})
         busy = None
         for target in self.planner.targets(wf):
             if guard.budget_pages:
                 if busy is None:
                     busy = (sum(len(r.prefix_pages) + len(r.own_pages) for r in self.running)
                             + sum(self._pages_needed(i) for i in self.waiting))
-                if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob):
+                if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob, target.agent_id):
                     continue
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
                 continue
             load_id = next(self._load_ids)  # never id(): a freed ticket's address is reused
             if guard.budget_pages:
-                guard.protect(load_id, wf, target.agent_id, target.node, len(plan.device_pages))
+                guard.protect(load_id, wf, target.agent_id, target.node, len(plan.device_pages), target.steps)
             start = max(self.now, self.link_free)
             self.link_free = plan.ticket.ready_at = start + self.cost.load_time(plan.tokens)
             heapq.heappush(self.loads, (self.link_free, load_id, plan.ticket, plan.nodes))
