@@ -235,3 +235,34 @@ def test_an_agent_seen_in_one_workflow_gets_the_prefix_other_agents_shared_acros
     target = planner.target_node("w3", "reviewer")
     assert target is not None and target.parent is tree.root
     assert list(target.key) == system["reviewer"]
+
+
+def test_without_drop_evidence_a_target_is_the_prefix_shared_across_instances():
+    """Before any next request has shown how much of a path it keeps, the planner loads only the
+    part of the agent's path its bare key tags (shared across instances); once rule 4 has two
+    observations, the whole path (less the drop spread)."""
+    from context_forge.cache.radix import RadixTree
+    from context_forge.workflow.scope import scope_key
+    wf = LiveWorkflows()
+    tree = RadixTree(PS)
+    planner = PrefetchPlanner(wf, tree, PlannerConfig())
+    page = iter(range(10_000))
+    system = toks(1, 4)
+
+    def request(w: str, tokens: list[int]):
+        key = scope_key(w, "coder")
+        tree.match(tokens, agent_id=key)
+        return tree.insert(tokens, [next(page) for _ in range(len(tokens) // PS)], agent_id=key).node
+
+    request("w1", system + toks(10, 6))
+    end = request("w2", system + toks(20, 6))
+    assert not tree.usage.has_drop_evidence("coder")
+    target = planner.target_node("w2", "coder")
+    assert target is not None and target is not end and "coder" in target.agents
+    assert target.parent is tree.root and list(target.key) == system
+    history = system + toks(20, 6)
+    for turn in range(2):
+        history += toks(30 + turn, 2)
+        end = request("w2", history)
+    assert tree.usage.has_drop_evidence("coder")
+    assert planner.target_node("w2", "coder") is end

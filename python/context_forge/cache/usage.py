@@ -320,6 +320,11 @@ class UsageIndex:
             return None
         return resets.expected_keep(sum(len(n.key) for n in self.tree.agent_nodes(key)))
 
+    def has_drop_evidence(self, agent_id: str) -> bool:
+        """Whether rule 4 has seen enough next requests (the agent's or any agent's) to say how
+        much of a path a next request keeps."""
+        return len(self._drops_of(agent_id).recent) >= 2
+
     def drop_spread(self, key: str) -> int:
         """Tokens by which the largest of the agent's recent drops exceeds the expected one
         (rule 4's upper quartile): the part of an untagged-suffix estimate a next request may
