@@ -118,7 +118,7 @@ def test_room_counts_the_pages_requests_will_allocate() -> None:
     guard = PrefetchGuard(cache, budget_pages=DEVICE)
     limit = int(HEADROOM * DEVICE)
     assert guard.room(2, busy_pages=limit - 2, agent_id="coder")
-    guard.note_admitted("coder", 3)
+    guard.note_request("coder", 3)
     assert guard.own_estimate("coder") == 3 and guard.own_estimate(None) == 0
     assert not guard.room(2, busy_pages=limit - 2, agent_id="coder"), "the coder's request would not fit"
     assert guard.room(2, busy_pages=limit - 5, agent_id="coder")

@@ -99,7 +99,7 @@ def build(config: ServerConfig) -> EngineParts:
         assert cache is not None and host_kv is not None and transfer is not None
         prefetch = _prefetcher(cfg, cache, workflows, device_kv, host_kv, transfer, lock)
     kv = KVManager(ps, device_pool, cache, loader=prefetch,
-                   on_insert=_insert_hook(prefetch) if prefetch is not None else None,
+                   on_insert=_insert_hook(prefetch, ps) if prefetch is not None else None,
                    layer_wait=prefetch is not None and cfg.prefetch_wait_mode == "layer")
     max_running = cfg.max_running_requests or max(n_dev, 1)
     scheduler = Scheduler(kv, cfg.chunked_prefill_size, max_running, cfg.max_prefill_tokens)
@@ -137,9 +137,10 @@ def _prefetcher(cfg: ServerConfig, cache: RadixCache, workflows: SharedWorkflows
     return prefetcher
 
 
-def _insert_hook(prefetch: WorkflowPrefetcher) -> Callable[[ReqState, RadixNode], None]:
+def _insert_hook(prefetch: WorkflowPrefetcher, page_size: int) -> Callable[[ReqState, RadixNode], None]:
     def note(st: ReqState, node: RadixNode) -> None:
-        prefetch.note_insert(st.req.workflow_id, st.req.agent_id, node)
+        own = -(-len(st.all_ids) // page_size) - st.cached_tokens // page_size
+        prefetch.note_insert(st.req.workflow_id, st.req.agent_id, node, max(own, 0))
     return note
 
 

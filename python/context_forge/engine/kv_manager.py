@@ -144,8 +144,7 @@ class KVManager:
             result.device_hit -= loaded
             result.stall_s = max(0.0, self.clock() - wait.since)
         req = st.req
-        own = need + -(-req.sampling.max_tokens // self.page_size)
-        result.prefetch_hit = self.loader.claim(shared, req.workflow_id, req.agent_id, own) * self.page_size  # type: ignore[union-attr]
+        result.prefetch_hit = self.loader.claim(shared, req.workflow_id, req.agent_id, need) * self.page_size  # type: ignore[union-attr]
 
     def forget(self, st: ReqState) -> None:
         """``st`` left the waiting queue without being admitted (abort): drop its wait lock."""

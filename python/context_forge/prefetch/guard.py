@@ -21,7 +21,7 @@ running and queued requests need (measured in the simulator: without that, with 
 large workers at 20 % of the working set, 96 % of prefetched tokens were released and evicted
 before use and the makespan was 3 % above lru's). A prefetch is of use only if its request fits
 beside it too, so :meth:`room` also counts, for it and for every held one, the pages the agent's
-latest request allocated beyond its cached prefix (:meth:`note_admitted`). Not thread-safe: call
+latest request allocated beyond its cached prefix (:meth:`note_request`). Not thread-safe: call
 under the lock that guards the cache.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ class PrefetchGuard:
         self.own_pages = 0
         self._own: dict[str, int] = {}
 
-    def note_admitted(self, agent_id: str | None, own_pages: int) -> None:
+    def note_request(self, agent_id: str | None, own_pages: int) -> None:
         """A request of ``agent_id`` was admitted and allocated ``own_pages`` pages beyond its cached
         prefix (its new prompt tokens and its output): the estimate for that agent's next request."""
         if agent_id is not None:

@@ -12,8 +12,9 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
 - Failed allocation: an admission (or decode growth) that finds no room releases the protection
   whose agent is due latest and retries (:meth:`Protection.release_for_alloc`).
 - Own pages: each admission tells the guard how many pages the request allocated beyond its
-  cached prefix (prompt and ``max_tokens``), the estimate ``room`` counts for that agent's next
-  prefetch.
+  cached prefix (its prompt's), and its end how many it held with its output
+  (``WorkflowPrefetcher.note_insert``): the estimate ``room`` counts for that agent's next
+  prefetch. Never ``max_tokens``, which chat requests default to the rest of the context.
 
 With ``budget_pages == 0`` nothing is protected and nothing is skipped (the guard is off).
 Not thread-safe: every method runs under the engine lock.
@@ -83,7 +84,7 @@ class Protection:
         """A request was admitted, reusing pages of prefetches ``task_ids`` and allocating
         ``own_pages`` beyond its cached prefix; if it belongs to an agent of a workflow, that
         agent's protections are used (or moot) too."""
-        self.guard.note_admitted(agent_id, own_pages)
+        self.guard.note_request(agent_id, own_pages)
         for task_id in task_ids:
             self.guard.claimed(task_id)
         if workflow_id is not None and agent_id is not None:

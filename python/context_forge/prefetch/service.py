@@ -18,7 +18,8 @@ pressure mode turns planning on.
 
 Protection (``budget_pages > 0``, see ``prefetch.protection``): replans release the protections
 of agents no longer due, a finished workflow releases all of its own, an admission claims its
-agent's (and tells the guard the pages it allocated), and a failed allocation releases the
+agent's (and tells the guard the pages it allocated, again with its output when it finishes),
+and a failed allocation releases the
 least urgent (:meth:`release_for_alloc`).
 """
 
@@ -155,9 +156,14 @@ class WorkflowPrefetcher:
         """*Engine lock.* ``memory.pressure.PressureTarget``: the mode's prefetch horizon and free-page target."""
         self.set_pressure(actions.prefetch_max_steps, actions.free_pages(self.cache.device_pool.capacity))
 
-    def note_insert(self, workflow_id: str | None, agent_id: str | None, node: RadixNode) -> None:
-        """*Engine lock.* A request of ``agent_id`` inserted its KV ending at ``node``."""
+    def note_insert(self, workflow_id: str | None, agent_id: str | None, node: RadixNode,
+                    own_pages: int | None = None) -> None:
+        """*Engine lock.* A request of ``agent_id`` inserted its KV ending at ``node``, having held
+        ``own_pages`` pages beyond the prefix it found cached (prompt and output): the guard's
+        estimate for that agent's next request (at admission it had only the prompt's)."""
         self.planner.note_insert(workflow_id, agent_id, node)
+        if own_pages is not None:
+            self.protection.guard.note_request(agent_id, own_pages)
 
     def demand(self, node: RadixNode) -> LoadTask | None:
         """*Engine lock.* On-demand load of the host-only part of the path to ``node``."""

@@ -255,7 +255,7 @@ class Simulator:
                 break
             self.waiting.popleft()
             self.guard.claimed_by(r.workflow_id, r.agent_id)
-            self.guard.note_admitted(r.agent_id, len(own))
+            self.guard.note_request(r.agent_id, len(own))
             prefetch_hit = 0
             if self.prefetched:
                 used = self.prefetched.intersection(m.device_pages)
