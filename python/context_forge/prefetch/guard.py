@@ -75,8 +75,9 @@ class PrefetchGuard:
         self._own: dict[str, int] = {}
 
     def note_request(self, agent_id: str | None, own_pages: int) -> None:
-        """A request of ``agent_id`` was admitted and allocated ``own_pages`` pages beyond its cached
-        prefix (its new prompt tokens and its output): the estimate for that agent's next request."""
+        """A request of ``agent_id`` allocated ``own_pages`` pages beyond its cached prefix (its new
+        prompt tokens and its output; the engine tells the prompt's at admission and the whole at
+        its end): the estimate for that agent's next request."""
         if agent_id is not None:
             self._own[agent_id] = own_pages
 

@@ -80,11 +80,12 @@ class Protection:
 
     # ---------------------------------------------------------------- engine events
     def claimed(self, task_ids: Iterable[int], workflow_id: str | None, agent_id: str | None,
-                own_pages: int = 0) -> None:
+                own_pages: int | None = None) -> None:
         """A request was admitted, reusing pages of prefetches ``task_ids`` and allocating
-        ``own_pages`` beyond its cached prefix; if it belongs to an agent of a workflow, that
-        agent's protections are used (or moot) too."""
-        self.guard.note_request(agent_id, own_pages)
+        ``own_pages`` beyond its cached prefix (None: not known, the estimate stays); if it belongs
+        to an agent of a workflow, that agent's protections are used (or moot) too."""
+        if own_pages is not None:
+            self.guard.note_request(agent_id, own_pages)
         for task_id in task_ids:
             self.guard.claimed(task_id)
         if workflow_id is not None and agent_id is not None:

@@ -19,8 +19,7 @@ pressure mode turns planning on.
 Protection (``budget_pages > 0``, see ``prefetch.protection``): replans release the protections
 of agents no longer due, a finished workflow releases all of its own, an admission claims its
 agent's (and tells the guard the pages it allocated, again with its output when it finishes),
-and a failed allocation releases the
-least urgent (:meth:`release_for_alloc`).
+and a failed allocation releases the least urgent (:meth:`release_for_alloc`).
 """
 
 from __future__ import annotations
@@ -170,7 +169,7 @@ class WorkflowPrefetcher:
         return self.controller.demand(node)
 
     def claim(self, pages: Iterable[int], workflow_id: str | None = None, agent_id: str | None = None,
-              own_pages: int = 0) -> int:
+              own_pages: int | None = None) -> int:
         """*Engine lock.* A request (of ``agent_id`` in ``workflow_id``) admitted with ``pages``
         cached and ``own_pages`` to allocate beyond them: how many of ``pages`` were unclaimed
         prefetched pages. Claims the protections it used or made moot."""
