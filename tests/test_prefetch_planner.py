@@ -266,3 +266,56 @@ def test_without_drop_evidence_a_target_is_the_prefix_shared_across_instances():
         end = request("w2", history)
     assert tree.usage.has_drop_evidence("coder")
     assert planner.target_node("w2", "coder") is end
+
+
+def _route_then_guesses(come_true: bool) -> tuple[LiveWorkflows, RadixCache, PrefetchPlanner]:
+    """Dynamic workflows A -> router -> x and B -> hub -> y, ten each; then twenty that reach hub
+    from contexts never seen before, where the first-order guess (y) comes true or each calls a
+    new agent instead."""
+    wf, cache, planner = make(load_ahead=1, min_prob=0.6)
+    for i in range(10):
+        for agent in ("A", "router", "x"):
+            wf.on_request(f"a{i}", agent)
+            wf.on_request_finished(f"a{i}", agent)
+        for agent in ("B", "hub", "y"):
+            wf.on_request(f"b{i}", agent)
+            wf.on_request_finished(f"b{i}", agent)
+    for i in range(20):
+        for agent in (f"caller{i}", "hub", "y" if come_true else f"new{i}"):
+            wf.on_request(f"c{i}", agent)
+            wf.on_request_finished(f"c{i}", agent)
+    return wf, cache, planner
+
+
+@pytest.mark.parametrize("come_true", [True, False])
+def test_a_guess_from_an_unseen_context_is_planned_only_while_such_guesses_come_true(come_true: bool):
+    wf, cache, planner = _route_then_guesses(come_true)
+    for agent in ("caller-new", "router"):  # context (caller-new, router) was never seen
+        wf.on_request("probe", agent)
+    p_x = wf.predictor.prob_within("probe", 1)["x"]
+    assert p_x > 0.7  # above min_prob either way
+    due = [d.agent_id for d in planner.due_agents("probe")]
+    if come_true:
+        assert due == ["x"]
+    else:
+        assert due == []  # guesses from never-seen contexts kept failing (on hub)
+        assert wf.predictor.trust("probe") * p_x < 0.6
+    wf.on_request("known", "A")
+    wf.on_request("known", "router")  # the well-seen context (A, router) is planned either way
+    assert [d.agent_id for d in planner.due_agents("known")] == ["x"]
+
+
+def test_declared_workflows_calls_are_not_scored_for_trust():
+    """A declared instance is planned from its graph, so its calls (parallel branches interleave in
+    any order) say nothing of how far the predictor's guesses can be trusted."""
+    wf = LiveWorkflows()
+    for agent in ("triage", "billing"):
+        wf.on_request("probe", agent)
+    before = wf.predictor.trust("probe")
+    for i in range(5):
+        wf.register(f"team{i}", CHAIN)
+        for agent in ("planner", "coder", "reviewer"):
+            wf.on_request(f"team{i}", agent)
+            wf.on_request_finished(f"team{i}", agent)
+        wf.finish(f"team{i}")
+    assert wf.predictor.trust("probe") == before

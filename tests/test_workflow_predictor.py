@@ -205,3 +205,79 @@ def test_bad_arguments_are_named() -> None:
         p.expected_steps("w", "a", horizon=-2)
     with pytest.raises(WorkflowError, match="never observed"):
         p.distribution_after(["zzz"])
+
+
+
+def _chain_then_guesses(come_true: bool, score: bool = True) -> MarkovPredictor:
+    """Ten runs of A -> router -> x, then twenty workflows that reach router from a context never
+    seen before (callerN, router), where the first-order guess says x: it comes true, or each of
+    them calls a new agent instead."""
+    p = MarkovPredictor()
+    for i in range(10):
+        for agent in ("A", "router", "x"):
+            p.observe(f"a{i}", agent)
+    for i in range(20):
+        for agent in (f"caller{i}", "router", "x" if come_true else f"new{i}"):
+            p.observe(f"c{i}", agent, score=score)
+    return p
+
+
+def _probe(p: MarkovPredictor) -> str:
+    p.observe("probe", "caller-new")
+    p.observe("probe", "router")  # context (caller-new, router): never seen, backs off
+    return "probe"
+
+
+def test_trust_is_full_where_predictions_came_true() -> None:
+    p = _chain_then_guesses(come_true=True)
+    p.observe("fresh", "A")
+    p.observe("fresh", "router")
+    assert p.next_distribution("fresh")["x"] > 0.9
+    assert p.trust("fresh") > 0.95
+    assert p.trust(_probe(p)) > 0.9
+
+
+def test_trust_falls_for_a_class_of_contexts_whose_guesses_failed() -> None:
+    p = _chain_then_guesses(come_true=False)
+    wid = _probe(p)
+    dist = p.next_distribution(wid)
+    assert max(dist, key=dist.get) == "x"
+    assert p.trust(wid) < 0.7  # 1.0 where they came true (the test above)
+    p.observe("fresh", "A")
+    p.observe("fresh", "router")  # the well-seen context (A, router): its guesses came true
+    assert p.trust("fresh") > 0.95
+
+
+def test_unscored_calls_leave_trust_as_it_was() -> None:
+    p = _chain_then_guesses(come_true=True)
+    wid = _probe(p)
+    before = p.trust(wid)
+    for i in range(20):
+        for agent in (f"other{i}", "router", f"new{i}"):
+            p.observe(f"u{i}", agent, score=False)
+    assert p.trust(wid) == before
+
+
+def test_an_unknown_next_agent_scores_as_a_miss() -> None:
+    p = MarkovPredictor()
+    for i in range(4):
+        p.observe(f"w{i}", "start")
+        p.observe(f"w{i}", "a")
+    p.observe("probe", "start")
+    before = p.trust("probe")
+    for i in range(4, 10):
+        p.observe(f"w{i}", "start")
+        p.observe(f"w{i}", f"unseen{i}")
+    assert p.trust("probe") < 0.6 * before
+
+
+def test_a_workflows_first_call_is_not_scored() -> None:
+    p = MarkovPredictor()
+    for i in range(10):
+        p.observe(f"w{i}", "a")
+        p.observe(f"w{i}", "b")
+    p.observe("probe", "a")
+    before = p.trust("probe")
+    for i in range(10):
+        p.observe(f"n{i}", f"fresh-start{i}")  # every first call a surprise
+    assert p.trust("probe") == before

@@ -8,9 +8,14 @@ Due agents of a workflow, for a look-ahead of ``k`` steps:
 - declared graph: agents whose steps-to-execution in that instance (``tracker.instance_steps``)
   are ``<= k``, most urgent first (ties by agent id);
 - dynamic workflow (no graph; only with ``use_predictor``): agents whose probability of being
-  called within the next ``k`` calls (``predictor.prob_within``) is ``>= min_prob``. Their
+  called within the next ``k`` calls (``predictor.prob_within``), times the predictor's measured
+  ``trust`` in predictions from contexts as well seen as the workflow's, is ``>= min_prob``. Their
   ``steps`` is one less than the smallest horizon ``j <= k`` at which that probability reaches
   ``min_prob`` (the next call is step 0, like a ready agent of a graph); ties by probability.
+  Trust (measured with ``benchmarks/rank_sweep.py``): ``tickets`` defaults 20 % wasted 40 % -> 25 %
+  of its prefetched tokens, 40 % 24 % -> 22 %, no hit or makespan moved by 0.05 %. An earlier
+  variant that also scaled pbkv's eviction ranks by it lost hits on held-out
+  ``tickets-40-noisy`` (0.926 -> 0.914 of Belady's at 20 %), so ranks do not use it.
 
 An agent's target node comes from the same tags the eviction rank reads (`cache.usage`): the end
 of the path its scoped key ``(workflow, agent)`` holds (the prefix its next request in this
@@ -197,15 +202,17 @@ class PrefetchPlanner:
     def _likely(self, workflow_id: str, k: int) -> list[DueAgent]:
         predictor = self.workflows.predictor
         floor = self.config.min_prob
-        final = predictor.prob_within(workflow_id, k)
+        trust = predictor.trust(workflow_id)
+        final = {a: p * trust for a, p in predictor.prob_within(workflow_id, k).items()}
         keep = {a: p for a, p in final.items() if p >= floor}
         steps: dict[str, float] = {}
         for j in range(1, k + 1):
             if len(steps) == len(keep):
                 break
             probs = final if j == k else predictor.prob_within(workflow_id, j)
+            scale = 1.0 if j == k else trust
             for a in keep:
-                if a not in steps and probs.get(a, 0.0) >= floor:
+                if a not in steps and probs.get(a, 0.0) * scale >= floor:
                     steps[a] = float(j - 1)
         due = [DueAgent(a, steps.get(a, float(k - 1)), p) for a, p in keep.items()]
         due.sort(key=lambda d: (d.steps, -d.prob, d.agent_id))

@@ -17,6 +17,13 @@ _START = -1
 
 _Ctx = tuple[int, int]
 
+EVIDENCE_CLASSES = 4
+"""Contexts are scored for `MarkovPredictor.trust` by how often they were seen: 0, 1, 2, 3 or more."""
+
+TRUST_PRIOR = 2.0
+"""Pseudo-observations of a perfectly calibrated prediction that every evidence class starts with,
+so that a class's first few outcomes move its trust only a little."""
+
 
 class PredictorFormatError(WorkflowError):
     """A saved counts file is malformed; the message names the line and the field."""
@@ -60,6 +67,15 @@ class MarkovPredictor:
     Step marginals p_t(x) (t = 0 is the next call) follow; first-call probabilities treat calls as
     independent: P(first call at t) = p_t(x) * prod_{s<t} (1 - p_s(x)), exact for deterministic
     sequences.
+
+    Trust: before counting a call, the prediction made for it is scored in the evidence class of
+    its context (how often that context was seen, `EVIDENCE_CLASSES`): the probability given to the
+    agent that came against the probability a calibrated model expects to give it, ``sum_x P(x)^2``.
+    `trust` is their ratio (at most 1) for a workflow's current context. Counts alone say nothing
+    of how a backed-off guess fares: on a hidden second-order chain (``tickets`` defaults, 20 %
+    pool), the prefetch planner's guesses from a context never seen before came true 0 of 12 times
+    although they gave p >= 0.6; on a first-order chain they are as good as any other. Trust
+    learns which, online.
     """
 
     def __init__(
@@ -91,14 +107,24 @@ class MarkovPredictor:
         self._contexts_ending: dict[int, int] = {}
         self._p0: np.ndarray | None = None
         self._tables: dict[tuple[_Ctx, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._p0_sq: float | None = None
+        self._scored_hit = [0.0] * EVIDENCE_CLASSES
+        self._scored_expected = [0.0] * EVIDENCE_CLASSES
 
     # ---- learning ------------------------------------------------------------------------
 
-    def observe(self, workflow_id: str, agent_id: str) -> None:
-        """The workflow called `agent_id` next: count it and advance the workflow's context."""
+    def observe(self, workflow_id: str, agent_id: str, score: bool = True) -> None:
+        """The workflow called `agent_id` next: count it and advance the workflow's context.
+
+        With ``score`` the prediction for this call is scored first (`trust`); callers pass False
+        for calls nobody predicts from this model (a declared graph's, whose parallel branches
+        interleave in any order). A workflow's first call is never scored: nothing is planned
+        for a workflow before its first request."""
         _check_id(workflow_id, "workflow_id")
         _check_id(agent_id, "agent_id")
         ctx = self._context.get(workflow_id, (_START, _START))
+        if score and self._vocab and ctx != (_START, _START):
+            self._score(ctx, self._index.get(agent_id))
         self._context[workflow_id] = (ctx[1], self._add(ctx, self._intern(agent_id), 1))
 
     def observe_sequence(self, agent_ids: Sequence[str]) -> None:
@@ -139,8 +165,36 @@ class MarkovPredictor:
             self._trans.pop(stale, None)
         self._trans1.pop(b, None)
         self._p0 = None
+        self._p0_sq = None
         self._tables.clear()
         return x
+
+    def _evidence(self, ctx: _Ctx) -> int:
+        return min(self._n2.get(ctx, 0), EVIDENCE_CLASSES - 1)
+
+    def _score(self, ctx: _Ctx, x: int | None) -> None:
+        """Add P(x | ctx) and sum_y P(y | ctx)^2 to ctx's evidence class (x None: an agent the
+        model did not know, given nothing)."""
+        sparse, rest = self._transition(ctx)
+        p0 = self._unigram()
+        if self._p0_sq is None:
+            self._p0_sq = float(p0 @ p0)
+        expected = rest * rest * self._p0_sq
+        hit = 0.0 if x is None else rest * float(p0[x])
+        for y, share in sparse:
+            expected += share * share + 2.0 * share * rest * float(p0[y])
+            if y == x:
+                hit += share
+        c = self._evidence(ctx)
+        self._scored_hit[c] += hit
+        self._scored_expected[c] += expected
+
+    def trust(self, workflow_id: str) -> float:
+        """How far predictions from contexts as well seen as the workflow's current one came true,
+        in (0, 1]: the probability they gave the agent that came over the probability a
+        calibrated model would have given it, from `TRUST_PRIOR` pseudo-observations at 1."""
+        c = self._evidence(self._context.get(workflow_id, (_START, _START)))
+        return min(1.0, (self._scored_hit[c] + TRUST_PRIOR) / (self._scored_expected[c] + TRUST_PRIOR))
 
     # ---- single-step queries -------------------------------------------------------------
 

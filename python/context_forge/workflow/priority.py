@@ -273,7 +273,7 @@ class LiveWorkflows:
             if graph.repeat:
                 current = self.tracker.rounds_started(workflow_id)
                 self.tracker.set_last_round(workflow_id, not self.rounds.continues(graph, current))
-            self.predictor.observe(workflow_id, agent_id)
+            self.predictor.observe(workflow_id, agent_id, score=False)
             self.recurrence.observe(workflow_id, agent_id, float(graph.depth(agent_id)))
             return
         self.predictor.observe(workflow_id, agent_id)
