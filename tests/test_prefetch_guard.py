@@ -166,3 +166,27 @@ def test_room_shrinks_with_distance_and_doubt() -> None:
     assert guard.room(2, busy_pages=int(0.5 * HEADROOM * DEVICE) - 2, prob=0.5)
     assert not guard.room(1, steps=1, prob=0.9), "a prediction beyond the next call is not loaded"
     assert guard.room(1, steps=1, prob=1.0)
+
+
+def test_room_needs_the_requests_of_agents_due_no_later_to_fit_in_the_pool() -> None:
+    """Workers due at once that do not fit beside each other arrive in any order, and the first
+    to come release the others' protections: a prefetch is issued only if the requests of its
+    workflow's other agents due no later (latest replan; not running, queued or protected) fit in
+    the whole pool beside everything ``room`` already counts."""
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=DEVICE)
+    for worker in ("w0", "w1", "w2"):
+        guard.note_request(worker, 4)
+    guard.replanned("wf", {"w0": 0.0, "w1": 0.0, "w2": 0.0, "reducer": 1.0})
+    assert guard.ahead_pages("wf", "w0", 0.0) == 8
+    busy = DEVICE - 2 - 4 - 8  # w0's prefetch (2) and its request (4) fit; w1's and w2's do not
+    assert guard.room(2, busy - 1, agent_id="w0"), "without the workflow nothing is ahead"
+    assert not guard.room(2, busy + 1, agent_id="w0", workflow_id="wf")
+    assert guard.room(2, busy, agent_id="w0", workflow_id="wf")
+    assert guard.room(2, busy + 4, agent_id="w0", workflow_id="wf", active={("wf", "w1")}), \
+        "a running or queued request is in busy already"
+    assert guard.ahead_pages("other", "w0", 0.0) == 0 and guard.ahead_pages("wf", "reducer", 1.0) == 12
+    prefetched(cache, guard, 1, "wf", "w2", list(range(100, 104)))
+    assert guard.ahead_pages("wf", "w0", 0.0) == 4, "a protected agent counts with its protection"
+    guard.replanned("wf", ())
+    assert guard.ahead_pages("wf", "w0", 0.0) == 0, "the workflow ended"

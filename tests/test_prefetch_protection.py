@@ -247,3 +247,25 @@ def test_a_plan_change_cancels_queued_prefetches(stack_factory) -> None:
     assert s.pf.wait_idle()
     assert s.pf.stats.completed == 1 and s.pf.stats.cancelled == 1
     s.check()
+
+
+def test_the_engine_counts_requests_of_agents_due_no_later_unless_they_run_or_wait(stack_factory) -> None:
+    """``Protection.allows`` passes the task's workflow and the scheduler's running and queued
+    agents to the guard: the pending requests of other agents due no later must fit in the pool
+    beside the prefetch, and an agent whose request is queued counts in busy pages instead."""
+    from context_forge.prefetch.tasks import LoadTask, TaskKind
+
+    s = stack_factory(budget=PAGES)
+    nodes = s.seed({"coder": CODER})
+    with s.lock:
+        s.guard.release_all()
+        s.guard.note_request("tester", PAGES - 2)  # a request that leaves no room for a prefetch
+        s.guard.replanned("w2", {"coder": 0.0, "tester": 0.0})
+        task = LoadTask(TaskKind.PREFETCH, nodes["coder"], workflow_id="w2", agent_id="coder")
+        assert not s.pf.protection.allows(task, 3), "the tester's request, due as soon, would not fit"
+        queued = state(TESTER, "w2", "tester")
+        s.sched.add(queued)
+        assert s.sched.active_agents() == {("w2", "tester")}
+        assert s.pf.protection.allows(task, 3), "a queued request counts by its prompt in busy pages"
+        s.sched.remove(queued.rid)
+    s.check()

@@ -82,6 +82,11 @@ class Scheduler:
         return {(st.req.workflow_id, st.req.agent_id) for st in self.waiting
                 if st.req.workflow_id is not None and st.req.agent_id is not None}
 
+    def active_agents(self) -> set[tuple[str, str]]:
+        """``(workflow_id, agent_id)`` of the running and queued requests that carry both."""
+        return {(st.req.workflow_id, st.req.agent_id) for st in (*self.running, *self.waiting)
+                if st.req.workflow_id is not None and st.req.agent_id is not None}
+
     def add(self, st: ReqState) -> None:
         st.phase = Phase.WAITING
         self.waiting.append(st)

@@ -3,8 +3,8 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
 
 - Budget: a prefetch that reaches the front of the controller's queue is issued only when
   ``guard.room(pages, busy)`` says so, with ``busy`` the device pages that running requests hold
-  plus those the queued requests need (the engine's :class:`Backlog`, the scheduler); otherwise it
-  is skipped and counted in ``PrefetchStats.over_budget``.
+  plus those the queued requests need (the engine's :class:`Backlog`, the scheduler), and the
+  requests of the workflow's other agents due no later must fit beside it; otherwise it is skipped and counted in ``PrefetchStats.over_budget``.
 - Protection: a reserved prefetch locks its target node until its agent's request is admitted
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
   (``finished``). An agent with a request waiting in the queue keeps its protection through
@@ -43,6 +43,10 @@ class Backlog(Protocol):
         """``(workflow_id, agent_id)`` of every queued request that has both."""
         ...
 
+    def active_agents(self) -> set[tuple[str, str]]:
+        """``(workflow_id, agent_id)`` of every running or queued request that has both."""
+        ...
+
     @property
     def running(self) -> Sequence[object]:
         """The requests running now."""
@@ -69,8 +73,10 @@ class Protection:
         """*Engine lock.* Whether prefetch ``task`` of ``pages`` host-only pages may reserve now."""
         if not self.on:
             return True
-        busy = self.backlog.busy_pages() if self.backlog is not None else 0
-        return self.guard.room(pages, busy, task.steps, task.prob, task.agent_id)
+        if self.backlog is None:
+            return self.guard.room(pages, 0, task.steps, task.prob, task.agent_id, task.workflow_id)
+        return self.guard.room(pages, self.backlog.busy_pages(), task.steps, task.prob, task.agent_id,
+                               task.workflow_id, self.backlog.active_agents())
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:
         """*Engine lock.* ``task`` reserved its pages: protect its target until its request comes."""

@@ -377,12 +377,16 @@ class Simulator:
         cache, guard = self.cache, self.guard
         guard.replanned(wf, {d.agent_id: d.steps for d in self.planner.due_agents(wf)})
         busy = None
+        active: set[tuple[str, str]] = set()
         for target in self.planner.targets(wf):
             if guard.budget_pages:
                 if busy is None:
                     busy = (sum(len(r.prefix_pages) + len(r.own_pages) for r in self.running)
                             + sum(self._pages_needed(i) for i in self.waiting))
-                if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob, target.agent_id):
+                    reqs = [self.reqs[r.idx] for r in self.running] + [self.reqs[i] for i in self.waiting]
+                    active = {(r.workflow_id, r.agent_id) for r in reqs}
+                if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob, target.agent_id,
+                                  wf, active):
                     continue
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
