@@ -207,8 +207,7 @@ def test_bad_arguments_are_named() -> None:
         p.distribution_after(["zzz"])
 
 
-
-def _chain_then_guesses(come_true: bool, score: bool = True) -> MarkovPredictor:
+def _chain_then_guesses(come_true: bool) -> MarkovPredictor:
     """Ten runs of A -> router -> x, then twenty workflows that reach router from a context never
     seen before (callerN, router), where the first-order guess says x: it comes true, or each of
     them calls a new agent instead."""
@@ -218,7 +217,7 @@ def _chain_then_guesses(come_true: bool, score: bool = True) -> MarkovPredictor:
             p.observe(f"a{i}", agent)
     for i in range(20):
         for agent in (f"caller{i}", "router", "x" if come_true else f"new{i}"):
-            p.observe(f"c{i}", agent, score=score)
+            p.observe(f"c{i}", agent)
     return p
 
 

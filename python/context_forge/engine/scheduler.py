@@ -20,6 +20,7 @@ already generated; its cached KV usually makes that a prefix hit.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .kv_manager import WAITING, AdmitResult, KVManager
@@ -79,13 +80,11 @@ class Scheduler:
 
     def waiting_agents(self) -> set[tuple[str, str]]:
         """``(workflow_id, agent_id)`` of the queued requests that carry both."""
-        return {(st.req.workflow_id, st.req.agent_id) for st in self.waiting
-                if st.req.workflow_id is not None and st.req.agent_id is not None}
+        return _agents(self.waiting)
 
     def active_agents(self) -> set[tuple[str, str]]:
         """``(workflow_id, agent_id)`` of the running and queued requests that carry both."""
-        return {(st.req.workflow_id, st.req.agent_id) for st in (*self.running, *self.waiting)
-                if st.req.workflow_id is not None and st.req.agent_id is not None}
+        return _agents((*self.running, *self.waiting))
 
     def add(self, st: ReqState) -> None:
         st.phase = Phase.WAITING
@@ -180,3 +179,8 @@ class Scheduler:
                 st.phase = Phase.FINISHED
                 return st
         return None
+
+
+def _agents(states: Iterable[ReqState]) -> set[tuple[str, str]]:
+    return {(st.req.workflow_id, st.req.agent_id) for st in states
+            if st.req.workflow_id is not None and st.req.agent_id is not None}

@@ -4,7 +4,8 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
 - Budget: a prefetch that reaches the front of the controller's queue is issued only when
   ``guard.room(pages, busy)`` says so, with ``busy`` the device pages that running requests hold
   plus those the queued requests need (the engine's :class:`Backlog`, the scheduler), and the
-  requests of the workflow's other agents due no later must fit beside it; otherwise it is skipped and counted in ``PrefetchStats.over_budget``.
+  requests of the workflow's other agents due no later must fit beside it; otherwise it is
+  skipped and counted in ``PrefetchStats.over_budget``.
 - Protection: a reserved prefetch locks its target node until its agent's request is admitted
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
   (``finished``). An agent with a request waiting in the queue keeps its protection through
@@ -73,10 +74,9 @@ class Protection:
         """*Engine lock.* Whether prefetch ``task`` of ``pages`` host-only pages may reserve now."""
         if not self.on:
             return True
-        if self.backlog is None:
-            return self.guard.room(pages, 0, task.steps, task.prob, task.agent_id, task.workflow_id)
-        return self.guard.room(pages, self.backlog.busy_pages(), task.steps, task.prob, task.agent_id,
-                               task.workflow_id, self.backlog.active_agents())
+        backlog = self.backlog
+        busy, active = (backlog.busy_pages(), backlog.active_agents()) if backlog is not None else (0, set())
+        return self.guard.room(pages, busy, task.steps, task.prob, task.agent_id, task.workflow_id, active)
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:
         """*Engine lock.* ``task`` reserved its pages: protect its target until its request comes."""
