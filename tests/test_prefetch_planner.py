@@ -319,3 +319,33 @@ def test_declared_workflows_calls_are_not_scored_for_trust():
             wf.on_request_finished(f"team{i}", agent)
         wf.finish(f"team{i}")
     assert wf.predictor.trust("probe") == before
+
+
+def test_a_repeat_instances_next_round_is_unsure_until_a_repeat_instance_has_ended():
+    """Until one repeat instance ends, nothing says an instance loops again: the agents due only
+    through a next round get UNPROVEN_ROUND_PROB, those of the current round 1; after an instance
+    ended after one round, the rounds model decides, and whatever stays due is sure again."""
+    from context_forge.prefetch.planner import UNPROVEN_ROUND_PROB
+
+    wf, _, planner = make(load_ahead=2)
+    loop = WorkflowGraph(CHAIN.agents, repeat=True)
+    wf.register("w1", loop)
+    for agent in ("planner", "coder"):
+        wf.on_request("w1", agent)
+        wf.on_request_finished("w1", agent)
+    due = {d.agent_id: d for d in planner.due_agents("w1")}
+    assert due["reviewer"] == DueAgent("reviewer", 0.0, 1.0)
+    assert due["planner"] == DueAgent("planner", 1.0, UNPROVEN_ROUND_PROB)
+    assert due["coder"] == DueAgent("coder", 2.0, UNPROVEN_ROUND_PROB)
+    wf.on_request("w1", "reviewer")
+    wf.on_request_finished("w1", "reviewer")
+    wf.finish("w1")
+    assert wf.rounds.known()
+    wf.register("w2", loop)
+    for agent in ("planner", "coder"):
+        wf.on_request("w2", agent)
+        wf.on_request_finished("w2", agent)
+    assert planner.due_agents("w2") == [DueAgent("reviewer", 0.0, 1.0)]
+    wf.register("w3", WorkflowGraph(CHAIN.agents, repeat=True))
+    wf.on_request("w3", "planner")
+    assert all(d.prob == 1.0 for d in planner.due_agents("w3"))

@@ -32,6 +32,10 @@ class RoundsModel:
         self._by_graph.setdefault(graph, Counter())[rounds] += 1
         self._all[rounds] += 1
 
+    def known(self) -> bool:
+        """Whether any repeat instance has ended (``continues`` then rests on evidence)."""
+        return bool(self._all)
+
     def continues(self, graph: WorkflowGraph, round_index: int) -> bool:
         """Whether an instance in round ``round_index`` is expected to begin another round."""
         counts = self._by_graph.get(graph)

@@ -146,6 +146,10 @@ class StepTracker:
             inst.last_round = last
             self._refresh(inst, inst.graph.order)
 
+    def done_in_round(self, instance_id: str, agent_id: str) -> bool:
+        """Whether the agent already finished in the instance's current round."""
+        return agent_id in self._instance(instance_id).done
+
     def rounds_started(self, instance_id: str) -> int:
         """Rounds of the instance that have begun: completed ones plus the current one if any of
         its agents ran (1 for a plain graph that ran anything)."""
