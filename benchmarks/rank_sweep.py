@@ -61,6 +61,13 @@ HELD_OUT: tuple[tuple[str, str, dict[str, Any]], ...] = (
                                    "seed": 22}),
     ("tickets-16-fast", "tickets", {"specialists": 16, "spacing_s": 1.0, "think_s": 2.0, "determinism": 0.7,
                                     "seed": 23}),
+    # added at 9fb061c (after the unproven-round rule); not looked at before it
+    ("chain-6-three-rounds", "template", {"shape": "chain", "chain_length": 6, "rounds": 3, "instances": 24,
+                                          "spacing_s": 2.0, "seed": 31}),
+    ("rounds-flat-crowd", "rounds", {"agents": 400, "active": 24, "zipf": 0.3, "persistence": 0.0, "rounds": 30,
+                                     "seed": 32}),
+    ("tickets-24-long", "tickets", {"specialists": 24, "max_steps": 14, "closing": 0.15, "determinism": 0.9,
+                                    "tickets": 80, "seed": 33}),
 )
 
 
