@@ -1,4 +1,4 @@
-"""Agent priorities and the LiveWorkflows façade; min-multisets checked against brute force."""
+"""Agent priorities and the LiveWorkflows façade; min-multisets and rate sums checked against brute force."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from context_forge.workflow import (
     WorkflowError,
     WorkflowGraph,
 )
-from context_forge.workflow.minmap import CountedMin, KeyedMin
+from context_forge.workflow.minmap import AgentRateSum, CountedMin, KeyedMin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +42,7 @@ def test_graph_priority_follows_the_tracker() -> None:
     assert g.priority("code") == math.inf and live.live_workflows() == []
 
 
-def test_predictor_priority_is_min_over_dynamic_workflows() -> None:
+def test_predictor_priority_follows_the_dynamic_workflows() -> None:
     live = LiveWorkflows(predictor=trained_predictor(), horizon=8)
     q = live.predictor_priority
     assert q.priority("code") == math.inf
@@ -63,6 +63,40 @@ def test_predictor_priority_is_min_over_dynamic_workflows() -> None:
     live.finish("d1")
     assert all(q.priority(a) == math.inf for a in ["plan", "search", "code", "test"])
     assert q.workflows() == []
+
+
+def test_predictor_priority_adds_the_workflows_rates_weighted_by_trust() -> None:
+    """Two tickets that may each call an agent bring it nearer than one; a ticket whose context's
+    predictions have not come true (low trust) counts less than a trusted one."""
+    live = LiveWorkflows(predictor=trained_predictor(), horizon=8)
+    q = live.predictor_priority
+    for wf in ("d1", "d2"):
+        live.on_request(wf, "plan")
+        live.on_request_finished(wf, "plan")
+    v = live.predictor.reach_steps_all("d1", 8)["test"]
+    assert v > 1.0
+    trust = live.predictor.trust("d1")
+    two = 1.0 / (2 * trust / (v + 1.0)) - 1.0
+    assert q.priority("test") == pytest.approx(two, rel=0.2)
+    live.finish("d2")
+    one = (v + 1.0) / trust - 1.0
+    assert q.priority("test") == pytest.approx(one, rel=0.2) and q.priority("test") > two
+    doubtful = MarkovPredictor(smoothing=0.01)
+    for _ in range(10):
+        doubtful.observe_sequence(["plan", "search", "code", "test"])
+    for i in range(30):  # calls from a well-seen context that the model did not expect
+        doubtful.observe(f"miss{i}", "plan")
+        doubtful.observe(f"miss{i}", f"other{i}")
+    low = LiveWorkflows(predictor=doubtful, horizon=8)
+    low.on_request("t", "plan")
+    low.on_request_finished("t", "plan")
+    low.on_request("t", "search")
+    low.on_request_finished("t", "search")
+    assert low.predictor.trust("t") < 0.5
+    steps = low.predictor.reach_steps_all("t", 8)["code"]
+    assert low.predictor_priority.priority("code") == pytest.approx(
+        (steps + 1.0) / low.predictor.trust("t") - 1.0, rel=0.2)
+    assert low.predictor_priority.priority("code") > steps + 1.0
 
 
 def test_blended_formula() -> None:
@@ -156,6 +190,24 @@ def test_keyed_min_matches_brute_force(ops: list[tuple[str, float | None]]) -> N
             truth[key] = value
         assert m.min == min(truth.values(), default=math.inf)
         assert len(m) == len(truth)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from("wxyz"),
+                          st.sampled_from([None, 0.1, 0.25, 0.5, math.inf]))))
+def test_agent_rate_sum_matches_brute_force(ops: list[tuple[str, str, float | None]]) -> None:
+    table = AgentRateSum()
+    truth: dict[tuple[str, str], float] = {}
+    for agent, owner, rate in ops:
+        table.set(agent, owner, rate)
+        if rate is None:
+            truth.pop((agent, owner), None)
+        else:
+            truth[(agent, owner)] = rate
+        for a in "ab":
+            rates = [r for (x, _), r in truth.items() if x == a]
+            assert table.total(a) == pytest.approx(sum(rates), abs=1e-9) if math.inf not in rates \
+                else table.total(a) == math.inf
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,4 +1,4 @@
-"""Multisets with a cheap minimum, used to keep per-agent minima over many live workflows."""
+"""Multisets with a cheap minimum, and rate sums, kept per agent over many live workflows."""
 from __future__ import annotations
 
 import heapq
@@ -118,3 +118,56 @@ class AgentMinTable:
         """The agent's smallest value over owners, `math.inf` when it has none."""
         m = self._mins.get(agent)
         return math.inf if m is None else m.min
+
+
+class AgentRateSum:
+    """Per agent, rates keyed by owner (a workflow) and their sum; an owner at ``math.inf`` (the
+    agent runs there now) is counted apart, so the sum stays finite arithmetic.
+
+    The sum is kept incrementally and recomputed from the owners' rates whenever an owner leaves,
+    so rounding does not accumulate over a long run.
+    """
+
+    __slots__ = ("_rates", "_sums", "_now")
+
+    def __init__(self) -> None:
+        self._rates: dict[str, dict[str, float]] = {}
+        self._sums: dict[str, float] = {}
+        self._now: dict[str, int] = {}
+
+    def set(self, agent: str, owner: str, rate: float | None) -> None:
+        """Set (or, with ``None``, remove) the owner's rate for the agent."""
+        rates = self._rates.get(agent)
+        old = None if rates is None else rates.get(owner)
+        if old == rate:
+            return
+        if rates is None:
+            rates = self._rates[agent] = {}
+        if old is not None:
+            self._drop(agent, old)
+        if rate is None:
+            del rates[owner]
+            if not rates:
+                del self._rates[agent]
+                self._sums.pop(agent, None)
+                self._now.pop(agent, None)
+            else:
+                self._sums[agent] = math.fsum(r for r in rates.values() if r != math.inf)
+            return
+        rates[owner] = rate
+        if rate == math.inf:
+            self._now[agent] = self._now.get(agent, 0) + 1
+        else:
+            self._sums[agent] = self._sums.get(agent, 0.0) + rate
+
+    def total(self, agent: str) -> float:
+        """The sum of the agent's rates (``math.inf`` while an owner is at ``math.inf``, 0 with none)."""
+        if self._now.get(agent):
+            return math.inf
+        return self._sums.get(agent, 0.0)
+
+    def _drop(self, agent: str, rate: float) -> None:
+        if rate == math.inf:
+            self._now[agent] -= 1
+        else:
+            self._sums[agent] = self._sums.get(agent, 0.0) - rate
