@@ -190,3 +190,17 @@ def test_room_needs_the_requests_of_agents_due_no_later_to_fit_in_the_pool() -> 
     assert guard.ahead_pages("wf", "w0", 0.0) == 4, "a protected agent counts with its protection"
     guard.replanned("wf", ())
     assert guard.ahead_pages("wf", "w0", 0.0) == 0, "the workflow ended"
+
+
+def test_room_needs_the_host_only_kv_of_targets_due_no_later_to_fit_too() -> None:
+    """The other targets of the workflow due no later that are not protected yet are loaded after
+    this prefetch or on demand when their requests come: ``pending_pages`` of them join the
+    requests that must fit in the whole pool."""
+    cache = make()
+    guard = PrefetchGuard(cache, budget_pages=DEVICE)
+    guard.note_request("w0", 4)
+    guard.replanned("wf", {"w0": 0.0, "w1": 0.0})
+    busy = DEVICE - 2 - 4 - 6
+    assert guard.room(2, busy, agent_id="w0", workflow_id="wf", pending_pages=6)
+    assert not guard.room(2, busy, agent_id="w0", workflow_id="wf", pending_pages=7)
+    assert guard.room(2, busy, agent_id="w0", workflow_id="wf"), "nothing pending"

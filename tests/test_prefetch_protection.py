@@ -269,3 +269,41 @@ def test_the_engine_counts_requests_of_agents_due_no_later_unless_they_run_or_wa
         assert s.pf.protection.allows(task, 3), "a queued request counts by its prompt in busy pages"
         s.sched.remove(queued.rid)
     s.check()
+
+
+def test_the_engine_counts_the_host_kv_of_queued_prefetches_due_no_later(stack_factory) -> None:
+    """``PrefetchController.pending_pages``: the host-only pages of the workflow's other queued
+    prefetches due no later; the controller passes them to ``Protection.allows``, so a prefetch
+    whose sibling's KV would not fit beside it and its request is not reserved."""
+    pair = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)),
+                          AgentSpec("tester", ("planner",))])
+    big_tester = prompt(2, 8 * PS + 1)  # 8 whole pages
+    s = stack_factory(budget=PAGES)
+    s.workflows.register("w", pair)
+    s.run(state(CODER, "w", "coder"), state(big_tester, "w", "tester"))
+    with s.lock:
+        s.workflows.finish("w")
+    s.offload_all()
+    s.copier.gate.clear()
+    s.copier.waiting.clear()
+    with s.lock:
+        s.workflows.register("w2", pair)
+        s.workflows.on_request("w2", "planner")
+        s.workflows.on_request_finished("w2", "planner")
+        s.pf.tick()
+    assert s.copier.waiting.wait(10), "the first prefetch never started"
+    running = s.pf.controller.running
+    (queued,) = s.pf.controller.queued()
+    assert running is not None and {running.agent_id, queued.agent_id} == {"coder", "tester"}
+    with s.lock:
+        pending = s.pf.controller.pending_pages(running)
+        assert pending == (8 if queued.agent_id == "tester" else 3)
+        assert s.pf.controller.pending_pages(queued) == 0, "the running one holds its pages already"
+        s.guard.release_all()
+        s.guard.note_request(running.agent_id, int(0.9 * PAGES) - 3 - 1)
+        s.guard.note_request(queued.agent_id, 0)  # its request's own pages: none (only its KV counts)
+        assert s.pf.protection.allows(running, 3)
+        assert not s.pf.protection.allows(running, 3, 8), "with the sibling's 8 pages it would not fit"
+    s.copier.gate.set()
+    assert s.pf.wait_idle()
+    s.check()

@@ -144,6 +144,17 @@ class PrefetchController:
             self._cv.notify_all()
             return list(live.values())
 
+    def pending_pages(self, task: LoadTask) -> int:
+        """*Engine lock.* Host-only pages of the other queued prefetches of ``task``'s workflow due
+        no later: they load after it, or on demand when their requests come."""
+        if task.workflow_id is None:
+            return 0
+        with self._cv:
+            others = [t for t in self._by_workflow.get(task.workflow_id, {}).values()
+                      if t is not task and t.state is TaskState.QUEUED and t.steps <= task.steps]
+        ps = self.cache.page_size
+        return sum(host_only_pages(t.node) for t in others if node_is_live(t.node, ps))
+
     def drop(self, workflow_id: str) -> None:
         """*Engine lock.* The workflow ended: cancel its queued prefetches."""
         self.update(workflow_id, ())
@@ -273,7 +284,7 @@ class PrefetchController:
         if need == 0:
             self._skip(task, "already on device")
             return None
-        if self.protection is not None and not self.protection.allows(task, need):
+        if self.protection is not None and not self.protection.allows(task, need, self.pending_pages(task)):
             self.stats.over_budget += 1
             self._skip(task, "over budget")
             return None

@@ -4,7 +4,8 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
 - Budget: a prefetch that reaches the front of the controller's queue is issued only when
   ``guard.room(pages, busy)`` says so, with ``busy`` the device pages that running requests hold
   plus those the queued requests need (the engine's :class:`Backlog`, the scheduler), and the
-  requests of the workflow's other agents due no later must fit beside it; otherwise it is
+  requests of the workflow's other agents due no later, with the host-only pages of its other
+  queued prefetches due no later (``PrefetchController.pending_pages``), must fit beside it; otherwise it is
   skipped and counted in ``PrefetchStats.over_budget``.
 - Protection: a reserved prefetch locks its target node until its agent's request is admitted
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
@@ -70,13 +71,15 @@ class Protection:
         return self.backlog.waiting_agents() if self.backlog is not None else set()
 
     # ---------------------------------------------------------------- controller hooks
-    def allows(self, task: LoadTask, pages: int) -> bool:
-        """*Engine lock.* Whether prefetch ``task`` of ``pages`` host-only pages may reserve now."""
+    def allows(self, task: LoadTask, pages: int, pending: int = 0) -> bool:
+        """*Engine lock.* Whether prefetch ``task`` of ``pages`` host-only pages may reserve now;
+        ``pending``: host-only pages of its workflow's other queued prefetches due no later."""
         if not self.on:
             return True
         backlog = self.backlog
         busy, active = (backlog.busy_pages(), backlog.active_agents()) if backlog is not None else (0, set())
-        return self.guard.room(pages, busy, task.steps, task.prob, task.agent_id, task.workflow_id, active)
+        return self.guard.room(pages, busy, task.steps, task.prob, task.agent_id, task.workflow_id, active,
+                               pending)
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:
         """*Engine lock.* ``task`` reserved its pages: protect its target until its request comes."""

@@ -373,20 +373,24 @@ class Simulator:
         host->device link in order; each load may only evict nodes ranked below its target. A landed
         prefetch stays protected until its request is admitted or its agent is no longer due
         (``PrefetchGuard``); one that would not fit beside the pages running and queued requests
-        need (``busy``: they are admitted first) or the guard's budget is not issued."""
+        need (``busy``: they are admitted first), beside the host-only KV of the workflow's other
+        targets due no later and not yet protected (``pending``), or the guard's budget is not issued."""
         cache, guard = self.cache, self.guard
         guard.replanned(wf, {d.agent_id: d.steps for d in self.planner.due_agents(wf)})
         busy = None
         active: set[tuple[str, str]] = set()
-        for target in self.planner.targets(wf):
+        targets = self.planner.targets(wf)
+        for target in targets:
             if guard.budget_pages:
                 if busy is None:
                     busy = (sum(len(r.prefix_pages) + len(r.own_pages) for r in self.running)
                             + sum(self._pages_needed(i) for i in self.waiting))
                     reqs = [self.reqs[r.idx] for r in self.running] + [self.reqs[i] for i in self.waiting]
                     active = {(r.workflow_id, r.agent_id) for r in reqs}
+                pending = sum(host_only_pages(t.node) for t in targets if t is not target and t.steps <= target.steps
+                              and not guard.holds(t.workflow_id, t.agent_id))
                 if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob, target.agent_id,
-                                  wf, active):
+                                  wf, active, pending):
                     continue
             plan = cache.begin_load(target.node, limit=cache.policy.prefetch_limit(target.node))
             if plan is None:
