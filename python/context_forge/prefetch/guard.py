@@ -23,7 +23,8 @@ before use and the makespan was 3 % above lru's). A prefetch is of use only if i
 beside it too, so :meth:`room` also counts, for it and for every held one, the pages the agent's
 latest request allocated beyond its cached prefix (:meth:`note_request`), and the requests of the
 other agents of its workflow due no later (from the latest replan), which arrive first or with it,
-must fit in the pool beside all that, with the host-only pages of their targets. Not thread-safe: call under the lock that guards the cache.
+must fit in the pool beside all that, with the host-only pages of their targets. Not thread-safe:
+call under the lock that guards the cache.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ Pure bookkeeping over :class:`~context_forge.workflow.priority.LiveWorkflows` an
 Due agents of a workflow, for a look-ahead of ``k`` steps:
 
 - declared graph: agents whose steps-to-execution in that instance (``tracker.instance_steps``)
-  are ``<= k``, most urgent first (ties by agent id). In a ``repeat`` graph an agent already done in the current round is due only if the instance
-  begins another round; until some repeat instance has ended (``LiveWorkflows.rounds``), nothing
+  are ``<= k``, most urgent first (ties by agent id). In a ``repeat`` graph an agent already
+  done in the current round is due only if the instance begins another round; until some repeat instance has ended (``LiveWorkflows.rounds``), nothing
   says it will, and such an agent gets ``prob`` ``UNPROVEN_ROUND_PROB`` (the guard then loads it
   only when it is due at the next step, in less room). Measured with ``benchmarks/rank_sweep.py``:
   ``wide-16-overlap`` wasted 44 % -> 33 % of its prefetched tokens at 20 %, 26 % -> 17 % at 40 %

@@ -5,8 +5,8 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
   ``guard.room(pages, busy)`` says so, with ``busy`` the device pages that running requests hold
   plus those the queued requests need (the engine's :class:`Backlog`, the scheduler), and the
   requests of the workflow's other agents due no later, with the host-only pages of its other
-  queued prefetches due no later (``PrefetchController.pending_pages``), must fit beside it; otherwise it is
-  skipped and counted in ``PrefetchStats.over_budget``.
+  queued prefetches due no later (``PrefetchController.pending_pages``), must fit beside it;
+  otherwise it is skipped and counted in ``PrefetchStats.over_budget``.
 - Protection: a reserved prefetch locks its target node until its agent's request is admitted
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
   (``finished``). An agent with a request waiting in the queue keeps its protection through
