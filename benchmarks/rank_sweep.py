@@ -41,6 +41,7 @@ from policy_sweep import (KINDS, PAGE_SIZE, build_trace, largest_request, machin
 
 from context_forge.prefetch.planner import DEFAULT_MIN_PROB  # noqa: E402
 from context_forge.sim.simulator import SimConfig, simulate  # noqa: E402
+from context_forge.trace.records import Trace  # noqa: E402
 
 FRACTIONS = (0.2, 0.4)
 QUALITY = ("lru", "kvflow", "pbkv", "belady")
@@ -82,6 +83,14 @@ def cases(only: str | None) -> list[tuple[str, str, str, dict[str, Any]]]:
     return out
 
 
+def device_capacity(trace: Trace, frac: float) -> int:
+    """Device tokens of a cell: ``frac`` of the reused working set, in whole pages, at least the
+    largest request."""
+    ws, _ = reused_working_set(trace)
+    floor = -(-largest_request(trace) // PAGE_SIZE) * PAGE_SIZE
+    return max(floor, int(ws * frac) // PAGE_SIZE * PAGE_SIZE)
+
+
 def run_case(case: tuple[str, str, str, dict[str, Any]], min_prob: float = DEFAULT_MIN_PROB) -> dict[str, Any]:
     group, label, kind, params = case
     t0 = time.perf_counter()
@@ -96,7 +105,7 @@ def run_case(case: tuple[str, str, str, dict[str, Any]], min_prob: float = DEFAU
                                           page_size=PAGE_SIZE))
     row["unbounded_makespan_s"] = unbounded.makespan_s
     for frac in FRACTIONS:
-        dev = max(floor, int(ws * frac) // PAGE_SIZE * PAGE_SIZE)
+        dev = device_capacity(trace, frac)
         cell: dict[str, Any] = {"fraction": frac, "device_tokens": dev, "hits": {}, "two_tier": {}}
         for p in QUALITY:
             r = simulate(trace, SimConfig(policy=p, device_tokens=dev, host_tokens=0, page_size=PAGE_SIZE,

@@ -92,7 +92,9 @@ def test_oracle_next_use_follows_admissions() -> None:
     res = cache.insert(prompts[0], cache.device_pool.alloc(3))
     node = res.node
     assert oracle.next_use(node) == 1.0
+    assert oracle.frontier == float("-inf")
     oracle.started(0)
+    assert oracle.frontier == 1.0
     assert oracle.next_use(node) == 1.75  # keyed by its first page, which request 2 also uses
     cache.match(prompts[2])  # splits after the shared 8 tokens
     upper = node.parent
@@ -101,5 +103,6 @@ def test_oracle_next_use_follows_admissions() -> None:
     assert oracle.next_use(node) == float("inf")  # only request 0 used the tail
     oracle.started(2)
     assert oracle.next_use(upper) == float("inf")
+    assert oracle.frontier == 1.75
     oracle.unstart(2, prompts[2], times[2])
     assert oracle.next_use(upper) == 1.75

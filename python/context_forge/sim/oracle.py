@@ -55,11 +55,15 @@ class BeladyOracle:
         self._started = bytearray(count)
         self.times = list(times)
         self._end: dict[int, tuple[int, int, int]] = {}
+        self.frontier = -math.inf
+        """The latest ideal send time of any request admitted so far: the replay's "now" on the
+        oracle's clock (for policies told the future only up to a horizon past it)."""
 
     def started(self, idx: int) -> None:
         """Request ``idx`` is being admitted: it no longer counts as a future use. Call before its
         match, so that the nodes the match re-queues get their next use after this one."""
         self._started[idx] = 1
+        self.frontier = max(self.frontier, self.times[idx])
 
     def unstart(self, idx: int, tokens: Sequence[int], time: float) -> None:
         """Admission of ``idx`` failed after :meth:`started`: it is a future use again."""
