@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from context_forge.cache import CountingTransfer, PagePool, RadixCache, get_policy
-from context_forge.prefetch.planner import DueAgent, PlannerConfig, PrefetchPlanner, host_only_pages
+from context_forge.prefetch.planner import DueAgent, PlannerConfig, PrefetchPlanner, due_footprint, host_only_pages
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
 
@@ -68,6 +68,33 @@ def test_targets_are_the_due_agents_offloaded_nodes_most_urgent_first():
     assert [t.node for t in targets] == [nodes["planner"], nodes["coder"], nodes["reviewer"]]
     assert host_only_pages(nodes["coder"]) == 5  # its own 3 pages and the shared 2 above them
     assert [t.agent_id for t in planner.targets("w", max_steps=1)] == ["planner", "coder"]
+
+
+def test_the_due_footprint_counts_what_other_due_prompts_will_take_once():
+    """``due_targets`` lists every due agent with its node, on the device or not; ``due_footprint``
+    counts on the other agents' paths the host-only pages and the device pages nothing locks, each
+    node once, leaving out the target's own path."""
+    wf, cache, planner = make()
+    wf.register("w", WorkflowGraph(CHAIN.agents, repeat=True))
+    system = toks(9, 2)
+    nodes = {a: run_agent(wf, cache, planner, "w", a, toks(i, 3, system))
+             for i, a in enumerate(["planner", "coder", "reviewer"])}
+    other = insert(cache, toks(7, 1), "x")
+    due = planner.due_targets("w")
+    assert [(t.agent_id, t.node) for t in due] == [(a, nodes[a]) for a in ("planner", "coder", "reviewer")]
+    assert planner.targets("w", due=due) == [], "nothing is on the host only"
+    siblings = [nodes["coder"], nodes["reviewer"]]
+    assert due_footprint(nodes["planner"], siblings, PS) == 6, "the shared system prompt is the target's"
+    assert due_footprint(other, siblings, PS) == 8, "the shared system prompt once"
+    assert due_footprint(nodes["coder"], [nodes["coder"]], PS) == 0
+    cache.lock(nodes["coder"])
+    assert due_footprint(other, siblings, PS) == 3, "a locked path is held already"
+    cache.unlock(nodes["coder"])
+    cache.evict_device(cache.device_pool.num_used)
+    assert all(host_only_pages(n) for n in nodes.values())
+    assert due_footprint(other, siblings, PS) == 8, "host-only pages count as well"
+    cache.evict_host(cache.host_pool.num_used)
+    assert due_footprint(other, siblings, PS) == 0, "nodes gone from the tree count nothing"
 
 
 def test_a_new_instance_falls_back_to_the_agents_top_level_prefix():

@@ -271,10 +271,14 @@ def test_the_engine_counts_requests_of_agents_due_no_later_unless_they_run_or_wa
     s.check()
 
 
-def test_the_engine_counts_the_host_kv_of_queued_prefetches_due_no_later(stack_factory) -> None:
-    """``PrefetchController.pending_pages``: the host-only pages of the workflow's other queued
-    prefetches due no later; the controller passes them to ``Protection.allows``, so a prefetch
-    whose sibling's KV would not fit beside it and its request is not reserved."""
+def test_the_engine_counts_what_the_prompts_of_agents_due_no_later_will_take(stack_factory) -> None:
+    """The controller keeps each workflow's due agents with their target nodes (``due_of``) and
+    passes them to ``Protection.allows``: what their prompts will take (``due_footprint``: the
+    host-only pages, and the device pages that nothing locks) must fit in the pool beside the
+    prefetch and its request, so a prefetch whose sibling would not fit beside it is not reserved,
+    whether the sibling's KV is on the host or cached on the device."""
+    from context_forge.prefetch.planner import host_only_pages
+
     pair = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)),
                           AgentSpec("tester", ("planner",))])
     big_tester = prompt(2, 8 * PS + 1)  # 8 whole pages
@@ -295,15 +299,25 @@ def test_the_engine_counts_the_host_kv_of_queued_prefetches_due_no_later(stack_f
     running = s.pf.controller.running
     (queued,) = s.pf.controller.queued()
     assert running is not None and {running.agent_id, queued.agent_id} == {"coder", "tester"}
-    with s.lock:
-        pending = s.pf.controller.pending_pages(running)
-        assert pending == (8 if queued.agent_id == "tester" else 3)
-        assert s.pf.controller.pending_pages(queued) == 0, "the running one holds its pages already"
+
+    def check_sibling_counts() -> None:
+        due = s.pf.controller.due_of("w2")
+        assert {(d.agent_id, d.steps) for d in due} == {("coder", 0.0), ("tester", 0.0)}
         s.guard.release_all()
-        s.guard.note_request(running.agent_id, int(0.9 * PAGES) - 3 - 1)
-        s.guard.note_request(queued.agent_id, 0)  # its request's own pages: none (only its KV counts)
-        assert s.pf.protection.allows(running, 3)
-        assert not s.pf.protection.allows(running, 3, 8), "with the sibling's 8 pages it would not fit"
+        s.guard.note_request(running.agent_id, int(0.9 * PAGES) - 3 - 1)  # the prefetch and its request
+        s.guard.note_request(queued.agent_id, 1)  # its request's own pages
+        assert s.pf.protection.allows(running, 3), "without the sibling's KV it fits"
+        assert not s.pf.protection.allows(running, 3, due), "with the sibling's KV it would not"
+
+    with s.lock:
+        assert host_only_pages(queued.node) == (8 if queued.agent_id == "tester" else 3)
+        check_sibling_counts()
+        s.guard.note_request(running.agent_id, 0)
+        s.guard.note_request(queued.agent_id, 0)
     s.copier.gate.set()
     assert s.pf.wait_idle()
+    with s.lock:
+        assert queued.state is TaskState.DONE, "with small requests both fit"
+        assert queued.node.device_pages is not None and host_only_pages(queued.node) == 0
+        check_sibling_counts()  # cached on the device, unlocked: its request will pin it
     s.check()

@@ -81,6 +81,7 @@ class PrefetchController:
         self._cv = threading.Condition(threading.Lock())
         self._queue = TaskQueue()
         self._by_workflow: dict[str, dict[int, LoadTask]] = {}
+        self._due: dict[str, list[PrefetchTarget]] = {}
         self._running: LoadTask | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -115,13 +116,20 @@ class PrefetchController:
         return self._thread is not None and self._thread.is_alive()
 
     # ---------------------------------------------------------------- engine-facing (engine lock)
-    def update(self, workflow_id: str, targets: Sequence[PrefetchTarget]) -> list[LoadTask]:
+    def update(self, workflow_id: str, targets: Sequence[PrefetchTarget],
+               due: Sequence[PrefetchTarget] = ()) -> list[LoadTask]:
         """*Engine lock.* Make ``targets`` the queued prefetches of ``workflow_id``: new targets are
         queued, kept ones re-ranked, queued ones no longer wanted cancelled (the workflow moved on).
-        Returns the workflow's live (queued or running) tasks; none without ``config.plan``."""
+        ``due``: every due agent of the workflow with its target node (the planner's
+        `due_targets`), kept for `due_of`. Returns the workflow's live (queued or running) tasks;
+        none without ``config.plan``."""
         if not self.config.plan:
-            targets = ()
+            targets = due = ()
         with self._cv:
+            if due:
+                self._due[workflow_id] = list(due)
+            else:
+                self._due.pop(workflow_id, None)
             old = self._by_workflow.pop(workflow_id, {})
             live: dict[int, LoadTask] = {}
             for t in targets:
@@ -144,16 +152,13 @@ class PrefetchController:
             self._cv.notify_all()
             return list(live.values())
 
-    def pending_pages(self, task: LoadTask) -> int:
-        """*Engine lock.* Host-only pages of the other queued prefetches of ``task``'s workflow due
-        no later: they load after it, or on demand when their requests come."""
-        if task.workflow_id is None:
-            return 0
+    def due_of(self, workflow_id: str | None) -> list[PrefetchTarget]:
+        """*Engine lock.* The workflow's due agents with their target nodes, as of its latest
+        replan (what `Protection.allows` measures a prefetch's siblings by)."""
+        if workflow_id is None:
+            return []
         with self._cv:
-            others = [t for t in self._by_workflow.get(task.workflow_id, {}).values()
-                      if t is not task and t.state is TaskState.QUEUED and t.steps <= task.steps]
-        ps = self.cache.page_size
-        return sum(host_only_pages(t.node) for t in others if node_is_live(t.node, ps))
+            return list(self._due.get(workflow_id, ()))
 
     def drop(self, workflow_id: str) -> None:
         """*Engine lock.* The workflow ended: cancel its queued prefetches."""
@@ -284,7 +289,7 @@ class PrefetchController:
         if need == 0:
             self._skip(task, "already on device")
             return None
-        if self.protection is not None and not self.protection.allows(task, need, self.pending_pages(task)):
+        if self.protection is not None and not self.protection.allows(task, need, self.due_of(task.workflow_id)):
             self.stats.over_budget += 1
             self._skip(task, "over budget")
             return None

@@ -124,14 +124,16 @@ class PrefetchGuard:
         release the protections of the others (measured with ``benchmarks/rank_sweep.py``:
         ``wide-one-at-a-time`` 20 % wasted 32 % -> 23 % of prefetched tokens, makespan unchanged;
         within ``HEADROOM`` instead of the whole pool, ``template`` defaults 20 % lost its small
-        worker prefetches and its gain over lru). ``pending_pages``, the host-only pages of the
-        workflow's other targets due no later that are neither loaded nor protected yet (loaded
-        after this one, or on demand when their requests come), join that check: with 16 workers
-        due at once, each prefetch that fits alone was released when the others' prompts were
-        loaded (``rank_sweep``: ``wide-16-overlap`` 40 % 1.019x -> 1.044x of lru's makespan,
-        ceiling 1.070x, 17 % -> 22 % of half the tokens wasted; 20 % 1.039x -> 1.038x, 33 % ->
-        39 % wasted, about the same tokens; ``wide-one-at-a-time`` 20 % wasted 21 % -> 10 %; all
-        cells 7.8 % -> 7.2 %). Within that, protections stay under
+        worker prefetches and its gain over lru). ``pending_pages``, what the prompts of the
+        workflow's other agents due no later will take when their requests come
+        (`planner.due_footprint`: their host-only pages, loaded then, and their device pages that
+        nothing locks, pinned then; not those running, queued or protected), joins that check:
+        with 16 workers due at once, each prefetch that fits alone was released when the others'
+        prompts were loaded back or pinned (``rank_sweep``: counting only the host-only pages of
+        the other targets, ``wide-16-overlap`` 40 % went 1.019x -> 1.044x of lru's makespan,
+        ceiling 1.070x, and ``wide-one-at-a-time`` 20 % wasted 21 % -> 10 %; counting the device
+        pages too, ``wide-16-overlap`` 20 % wasted 39 % -> 7 % of prefetched tokens and its
+        makespan went 1.038x -> 1.040x, ceiling 1.350x). Within that, protections stay under
         ``budget_pages``; one always fits while none is held, so a prompt larger than the budget
         can still be prefetched on its own."""
         if steps >= 1 and prob < 1.0:

@@ -49,7 +49,7 @@ inserted anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from context_forge.cache.node import RadixNode
@@ -126,6 +126,33 @@ def host_only_pages(node: RadixNode) -> int:
         n += len(node.host_pages or ())
         node = node.parent
     return n
+
+
+def due_footprint(target: RadixNode, others: Iterable[RadixNode], page_size: int) -> int:
+    """Device pages the prompts ending at ``others`` (the expected prefixes of other agents due as
+    soon as ``target``'s) will take when their requests come, beyond what is already held: on each
+    path, the host-only pages (loaded then) and the device pages that no request or prefetch
+    locks (evictable now, pinned then), each node once; nodes on the path to ``target`` are left
+    out (the prefetch itself counts them). A node no longer in its tree counts nothing."""
+    mine: set[int] = set()
+    node: RadixNode | None = target
+    while node is not None and node.parent is not None:
+        mine.add(node.id)
+        node = node.parent
+    seen: set[int] = set()
+    total = 0
+    for node in others:
+        if not node_is_live(node, page_size):
+            continue
+        while node.parent is not None and node.id not in seen and node.id not in mine:
+            seen.add(node.id)
+            if node.device_pages is not None:
+                if not node.lock_ref:
+                    total += len(node.device_pages)
+            else:
+                total += len(node.host_pages or ())
+            node = node.parent
+    return total
 
 
 def _tokens(node: RadixNode) -> int:
@@ -260,16 +287,27 @@ class PrefetchPlanner:
             node = node.parent
         return node if node_is_live(node, self.tree.page_size) else None
 
-    def targets(self, workflow_id: str, max_steps: int | None = None) -> list[PrefetchTarget]:
-        """Due agents whose target node has a host-only part, most urgent first, one per node."""
+    def due_targets(self, workflow_id: str, max_steps: int | None = None) -> list[PrefetchTarget]:
+        """Every due agent with a target node, most urgent first, whether or not anything of it
+        is on the host only (what `due_footprint` reads)."""
         out: list[PrefetchTarget] = []
-        seen: set[int] = set()
         for due in self.due_agents(workflow_id, max_steps):
             node = self.target_node(workflow_id, due.agent_id)
-            if node is None or node.id in seen or host_only_pages(node) == 0:
+            if node is not None:
+                out.append(PrefetchTarget(workflow_id, due.agent_id, node, due.steps, due.prob))
+        return out
+
+    def targets(self, workflow_id: str, max_steps: int | None = None,
+                due: Sequence[PrefetchTarget] | None = None) -> list[PrefetchTarget]:
+        """Due agents whose target node has a host-only part, most urgent first, one per node
+        (from ``due``, the workflow's `due_targets`, when given)."""
+        out: list[PrefetchTarget] = []
+        seen: set[int] = set()
+        for t in self.due_targets(workflow_id, max_steps) if due is None else due:
+            if t.node.id in seen or host_only_pages(t.node) == 0:
                 continue
-            seen.add(node.id)
-            out.append(PrefetchTarget(workflow_id, due.agent_id, node, due.steps, due.prob))
+            seen.add(t.node.id)
+            out.append(t)
         return out
 
     def all_targets(self, workflow_ids: Iterable[str] | None = None,

@@ -4,8 +4,8 @@ controller (at reservation) and the engine (admissions, replans, failed allocati
 - Budget: a prefetch that reaches the front of the controller's queue is issued only when
   ``guard.room(pages, busy)`` says so, with ``busy`` the device pages that running requests hold
   plus those the queued requests need (the engine's :class:`Backlog`, the scheduler), and the
-  requests of the workflow's other agents due no later, with the host-only pages of its other
-  queued prefetches due no later (``PrefetchController.pending_pages``), must fit beside it;
+  requests of the workflow's other agents due no later, with what their prompts will take
+  (``planner.due_footprint`` over the controller's ``due_of``), must fit beside it;
   otherwise it is skipped and counted in ``PrefetchStats.over_budget``.
 - Protection: a reserved prefetch locks its target node until its agent's request is admitted
   (``claimed``), a replan no longer lists its agent as due (``replanned``), or its workflow ends
@@ -31,6 +31,7 @@ from context_forge.cache.tiered import LoadPlan
 
 from .guard import PrefetchGuard
 from .ledger import PrefetchStats
+from .planner import PrefetchTarget, due_footprint
 from .tasks import LoadTask
 
 
@@ -71,15 +72,20 @@ class Protection:
         return self.backlog.waiting_agents() if self.backlog is not None else set()
 
     # ---------------------------------------------------------------- controller hooks
-    def allows(self, task: LoadTask, pages: int, pending: int = 0) -> bool:
+    def allows(self, task: LoadTask, pages: int, due: Sequence[PrefetchTarget] = ()) -> bool:
         """*Engine lock.* Whether prefetch ``task`` of ``pages`` host-only pages may reserve now;
-        ``pending``: host-only pages of its workflow's other queued prefetches due no later."""
+        ``due``: its workflow's due agents with their target nodes (the controller's `due_of`):
+        what the prompts of those due no later will take (`due_footprint`; not those running,
+        queued or protected) must fit in the pool beside it."""
         if not self.on:
             return True
         backlog = self.backlog
         busy, active = (backlog.busy_pages(), backlog.active_agents()) if backlog is not None else (0, set())
-        return self.guard.room(pages, busy, task.steps, task.prob, task.agent_id, task.workflow_id, active,
-                               pending)
+        wf, guard = task.workflow_id, self.guard
+        others = [d.node for d in due if d.agent_id != task.agent_id and d.steps <= task.steps
+                  and (wf, d.agent_id) not in active and not guard.holds(d.workflow_id, d.agent_id)]
+        pending = due_footprint(task.node, others, guard.tree.page_size) if others else 0
+        return guard.room(pages, busy, task.steps, task.prob, task.agent_id, wf, active, pending)
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:
         """*Engine lock.* ``task`` reserved its pages: protect its target until its request comes."""

@@ -128,8 +128,8 @@ class WorkflowPrefetcher:
             if wf in live:
                 due = {d.agent_id: d.steps for d in self.planner.due_agents(wf, self._max_steps)}
                 self.protection.replanned(wf, due)
-                targets = self.planner.targets(wf, self._max_steps)
-                self.controller.update(wf, targets)
+                due_targets = self.planner.due_targets(wf, self._max_steps)
+                self.controller.update(wf, self.planner.targets(wf, due=due_targets), due_targets)
                 self._planned.add(wf)
             else:
                 self.planner.forget(wf)

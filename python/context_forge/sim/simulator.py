@@ -34,7 +34,8 @@ from context_forge.cache import (
 )
 from context_forge.trace.records import Trace
 from context_forge.prefetch.guard import PrefetchGuard
-from context_forge.prefetch.planner import DEFAULT_MIN_PROB, PlannerConfig, PrefetchPlanner, host_only_pages
+from context_forge.prefetch.planner import (DEFAULT_MIN_PROB, PlannerConfig, PrefetchPlanner, due_footprint,
+                                            host_only_pages)
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.priority import LiveWorkflows
 from context_forge.workflow.scope import scope_key
@@ -373,22 +374,24 @@ class Simulator:
         host->device link in order; each load may only evict nodes ranked below its target. A landed
         prefetch stays protected until its request is admitted or its agent is no longer due
         (``PrefetchGuard``); one that would not fit beside the pages running and queued requests
-        need (``busy``: they are admitted first), beside the host-only KV of the workflow's other
-        targets due no later and not yet protected (``pending``), or the guard's budget is not issued."""
-        cache, guard = self.cache, self.guard
+        need (``busy``: they are admitted first), beside what the prompts of the workflow's other
+        agents due no later will take (``due_footprint``; not those running, queued or protected),
+        or the guard's budget is not issued."""
+        cache, guard, ps = self.cache, self.guard, self.cfg.page_size
         guard.replanned(wf, {d.agent_id: d.steps for d in self.planner.due_agents(wf)})
         busy = None
         active: set[tuple[str, str]] = set()
-        targets = self.planner.targets(wf)
-        for target in targets:
+        due = self.planner.due_targets(wf)
+        for target in self.planner.targets(wf, due=due):
             if guard.budget_pages:
                 if busy is None:
                     busy = (sum(len(r.prefix_pages) + len(r.own_pages) for r in self.running)
                             + sum(self._pages_needed(i) for i in self.waiting))
                     reqs = [self.reqs[r.idx] for r in self.running] + [self.reqs[i] for i in self.waiting]
                     active = {(r.workflow_id, r.agent_id) for r in reqs}
-                pending = sum(host_only_pages(t.node) for t in targets if t is not target and t.steps <= target.steps
-                              and not guard.holds(t.workflow_id, t.agent_id))
+                others = [d.node for d in due if d.agent_id != target.agent_id and d.steps <= target.steps
+                          and (wf, d.agent_id) not in active and not guard.holds(wf, d.agent_id)]
+                pending = due_footprint(target.node, others, ps)
                 if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob, target.agent_id,
                                   wf, active, pending):
                     continue
