@@ -6,6 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 
+from context_forge.workflow.arrivals import ArrivalOrder
 from context_forge.workflow.changes import ChangeFeed, ChangeHub
 from context_forge.workflow.errors import UnknownWorkflowError, WorkflowError
 from context_forge.workflow.graph import WorkflowGraph
@@ -218,7 +219,8 @@ class ScopedPriority(AgentPriority):
     """
 
     def __init__(self, tracker: StepTracker, predicted: PredictorPriority, fallback: AgentPriority,
-                 weight: float | None = None, recurrence: Recurrence | None = None) -> None:
+                 weight: float | None = None, recurrence: Recurrence | None = None,
+                 arrivals: ArrivalOrder | None = None) -> None:
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
                                    or not 0 <= weight <= 1):
             raise WorkflowError(f"weight must be a number in [0, 1], got {weight!r}")
@@ -227,6 +229,7 @@ class ScopedPriority(AgentPriority):
         self.fallback = fallback
         self.weight = weight
         self.recurrence = recurrence
+        self.arrivals = arrivals
 
     def priority(self, agent_id: str) -> float:
         wf, agent = split_scope(agent_id)
@@ -251,12 +254,19 @@ class ScopedPriority(AgentPriority):
         wf, _ = split_scope(agent_id)
         return wf is not None and wf in self.tracker
 
+    def arrival(self, agent_id: str) -> int | None:
+        """Arrival number of the earliest unfinished request under the key (`ArrivalOrder.first`):
+        among KV that waiting requests need, the order in which they will be admitted."""
+        return self.arrivals.first(agent_id) if self.arrivals is not None else None
+
     def subscribe(self) -> ChangeFeed:
         sources = [self.tracker.subscribe_scoped(), self.fallback.subscribe()]
         if self.weight is not None:
             sources.append(self.predicted.subscribe_scoped())
         if self.recurrence is not None:
             sources.append(self.recurrence.subscribe_scoped())
+        if self.arrivals is not None:
+            sources.append(self.arrivals.subscribe())
         return ChangeFeed(sources=sources)
 
 
@@ -280,9 +290,11 @@ class LiveWorkflows:
         self.rounds = RoundsModel()
         self._any_graph = AnyInstancePriority(self._graph, self.recurrence)
         self._any_blended = AnyInstancePriority(self._blended, self.recurrence)
-        self._scoped_graph = ScopedPriority(self.tracker, self._predicted, self._any_graph)
+        self.arrivals = ArrivalOrder()
+        self._scoped_graph = ScopedPriority(self.tracker, self._predicted, self._any_graph,
+                                            arrivals=self.arrivals)
         self._scoped_blended = ScopedPriority(self.tracker, self._predicted, self._any_blended, weight,
-                                              self.recurrence)
+                                              self.recurrence, self.arrivals)
         self._dynamic: dict[str, dict[str, int]] = {}
         self._finish_listeners: list[Callable[[str], None]] = []
 
@@ -302,6 +314,7 @@ class LiveWorkflows:
         if workflow_id in self.tracker:
             graph = self.tracker.graph_of(workflow_id)
             self.tracker.agent_started(workflow_id, agent_id)
+            self.arrivals.arrived(workflow_id, agent_id)
             if graph.repeat:
                 current = self.tracker.rounds_started(workflow_id)
                 self.tracker.set_last_round(workflow_id, not self.rounds.continues(graph, current))
@@ -310,6 +323,7 @@ class LiveWorkflows:
             return
         self.predictor.observe(workflow_id, agent_id)
         self.recurrence.observe(workflow_id, agent_id)
+        self.arrivals.arrived(workflow_id, agent_id)
         running = self._dynamic.setdefault(workflow_id, {})
         running[agent_id] = running.get(agent_id, 0) + 1
         self._predicted.refresh(workflow_id, running)
@@ -318,6 +332,7 @@ class LiveWorkflows:
         """A request of `agent_id` in the workflow completed."""
         if workflow_id in self.tracker:
             self.tracker.agent_finished(workflow_id, agent_id)
+            self.arrivals.finished(workflow_id, agent_id)
             return
         running = self._dynamic.get(workflow_id)
         if running is None:
@@ -327,6 +342,7 @@ class LiveWorkflows:
             raise WorkflowError(
                 f"agent {agent_id!r} has no running request in dynamic workflow {workflow_id!r}"
             )
+        self.arrivals.finished(workflow_id, agent_id)
         if count == 1:
             del running[agent_id]
             self._predicted.refresh(workflow_id, running)
@@ -345,6 +361,7 @@ class LiveWorkflows:
             raise UnknownWorkflowError(workflow_id)
         self.predictor.forget(workflow_id)
         self.recurrence.finish(workflow_id)
+        self.arrivals.forget(workflow_id)
         for fn in self._finish_listeners:
             fn(workflow_id)
 
