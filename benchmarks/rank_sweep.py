@@ -69,6 +69,14 @@ HELD_OUT: tuple[tuple[str, str, dict[str, Any]], ...] = (
                                      "seed": 32}),
     ("tickets-24-long", "tickets", {"specialists": 24, "max_steps": 14, "closing": 0.15, "determinism": 0.9,
                                     "tickets": 80, "seed": 33}),
+    # added at 11d3389 (after the due footprint and the arrival order); not looked at before it
+    ("rounds-small-cast", "rounds", {"agents": 12, "active": 10, "persistence": 0.9, "reactors": 4, "rounds": 40,
+                                     "seed": 41}),
+    ("chain-8-burst", "template", {"shape": "chain", "chain_length": 8, "instances": 40, "spacing_s": 0.5,
+                                   "seed": 42}),
+    ("tickets-8-steady", "tickets", {"specialists": 8, "determinism": 0.95, "spacing_s": 0.5, "seed": 43}),
+    ("fanout-16-wide", "fanout", {"width": 16, "workflows": 6, "seed": 44}),
+    ("concurrent-private", "concurrent", {"workflows": 24, "private_agents": 3, "seed": 45}),
 )
 
 
