@@ -20,9 +20,11 @@ Cases: every kind once with its defaults and once with the ``agentic`` profile (
 policies were tuned on), and ``HELD_OUT``: other seeds and flag sets that were not looked at while
 tuning (long overlapping chains, one wide instance at a time, long barely predictable ticket
 routes, tiny ones, bigger societies; overlapping 16-worker instances, rounds with reactors, busy
-ticket streams). ``wide-one-at-a-time`` was traced for the guard's rule on agents due together
-(``PrefetchGuard.ahead_pages``), so it is no longer a blind case; the last three were added after
-it.
+ticket streams; later a small cast of rounds with reactors, chain bursts, steady tickets, a
+16-wide fan-out and concurrent workflows with private agents). Cases are added blind after a
+policy change and say so; ``wide-one-at-a-time`` was traced for the guard's rule on agents due
+together (``PrefetchGuard.ahead_pages``), ``wide-16-overlap`` for the due footprint, and
+``concurrent-private`` for its wasted prefetch (nothing kept), so they are no longer blind.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from policy_sweep import PAGE_SIZE, build_trace  # noqa: E402
-from rank_bounds import lookahead_policy, render, short_cells, time_units  # noqa: E402
+from rank_bounds import _groups, live_policy, lookahead_policy, render, short_cells, time_units  # noqa: E402
 from rank_sweep import device_capacity  # noqa: E402
 
 from context_forge.cache.policy import policy_class  # noqa: E402
@@ -27,6 +27,15 @@ def test_an_unbounded_horizon_is_belady_and_a_short_one_helps() -> None:
     assert online < belady, "the case must leave a gap to bound"
     assert _hits(trace, lookahead_policy("kvflow", 1e9), dev) == belady
     assert _hits(trace, lookahead_policy("kvflow", 2.0), dev) > online
+
+
+def test_knowing_the_live_workflows_futures_lies_between_online_and_belady() -> None:
+    trace = build_trace("rounds", {"agents": 40, "active": 8, "rounds": 8, "seed": 3})
+    dev = device_capacity(trace, 0.2)
+    name = live_policy("kvflow")
+    policy_class(name).workflow_of = _groups(trace)
+    live = _hits(trace, name, dev)
+    assert _hits(trace, "kvflow", dev) <= live <= _hits(trace, "belady", dev)
 
 
 def test_lookahead_policies_register_once_and_are_offline_only() -> None:
@@ -54,8 +63,8 @@ def test_time_units_and_render() -> None:
     units = time_units(trace)
     assert units["workflow_start_gap_s"] > 0 and math.isfinite(units["request_gap_s"])
     row = {"label": "r", "fraction": 0.2, "judged": "kvflow", "belady": 200, "judged_hits": 150,
-           "ahead": {"0": 150, "1": 160, "2": 180, "4": 190, "8": 200}, **units}
+           "ahead": {"0": 150, "1": 160, "2": 180, "4": 190, "8": 200}, "live": 170, **units}
     meta = {"command": "c", "machine": {"platform": "p", "cpu_count": 2, "commit": "x"}, "wall_s": 1.0,
             "sweep": "s.json", "sweep_commit": "y"}
     line = render(meta, [row]).splitlines()[-1]
-    assert line.startswith("| r | 20% | kvflow | 0.92 | 0.750 | 0.750 | 0.800 | 0.900 | 0.950 | 1.000 |")
+    assert line.startswith("| r | 20% | kvflow | 0.92 | 0.750 | 0.750 | 0.800 | 0.900 | 0.950 | 1.000 | 0.850 |")

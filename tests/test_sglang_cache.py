@@ -99,6 +99,24 @@ def test_equal_declared_steps_evict_the_most_recently_used_first(make) -> None:
     assert eviction_order(bench, nodes) == ["x", "y"]
 
 
+def test_among_agents_due_now_the_latest_arrival_goes_first(make) -> None:
+    """The engine's arrival order (`rank_key`'s ``arrival``): of two agents whose requests have
+    started, the KV of the one that started last is given up first, whatever the recency says."""
+    from context_forge.sglang.metadata import parse_custom_params
+
+    bench, driver = make(priority="steps", enable_prefetch=False)
+    plan = {"x": 2, "y": 2}
+    nodes = {"y": driver.run("y", prompt(2), meta("y", plan)).last_node}
+    nodes["x"] = driver.run("x", prompt(1), meta("x", plan)).last_node
+    registry = bench.cache.workflows
+    registry.request_started("later-x", parse_custom_params(meta("x", plan)))
+    registry.request_started("later-y", parse_custom_params(meta("y", plan)))
+    assert [registry.priority(a) for a in "xy"] == [0, 0]
+    assert eviction_order(bench, nodes) == ["y", "x"], "most recently used first would give x, y"
+    registry.request_finished("later-x")
+    registry.request_finished("later-y")
+
+
 @pytest.mark.parametrize(("level", "expected"), [(1, ["near", "far"]), (6, ["far", "near"])])
 def test_steps_beyond_evict_pri_level_share_a_band(make, level: int, expected: list[str]) -> None:
     """Beyond ``evict_pri_level`` ranks fall into the engine's geometric bands (`rank_level`):

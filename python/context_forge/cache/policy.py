@@ -203,6 +203,15 @@ def nearest_use(tags: Iterable[str], priority: Callable[[str], float],
     return best, is_declared
 
 
+def earliest_arrival(tags: Iterable[str], arrival: Callable[[str], int | None] | None) -> int | None:
+    """The earliest arrival number among ``tags``' unfinished requests (`rank_key`'s ``arrival``);
+    None when no tag has one or there is no ``arrival`` source."""
+    if arrival is None:
+        return None
+    seqs = [a for a in map(arrival, tags) if a is not None]
+    return min(seqs) if seqs else None
+
+
 class _AgentAwarePolicy(EvictionPolicy):
     """Ranks by the node's nearest next use among its user tags, then by recency (`rank_key`).
 
@@ -233,10 +242,7 @@ class _AgentAwarePolicy(EvictionPolicy):
 
     def key(self, node: RadixNode) -> tuple:
         best, declared = nearest_use(node.agents, self.source.priority, self._declared)
-        arrival = None
-        if best <= 0 and self._arrival is not None:
-            seqs = [a for a in map(self._arrival, node.agents) if a is not None]
-            arrival = min(seqs) if seqs else None
+        arrival = earliest_arrival(node.agents, self._arrival) if best <= 0 else None
         return rank_key(best, self.near, node.last_access, declared, self.bands, arrival)
 
     def changed_agents(self) -> set[str]:

@@ -6,7 +6,8 @@ among the agents that used it or a descendant; ranks fall into the engine's leve
 (`context_forge.cache.policy.rank_level`: exact up to ``evict_pri_level``, geometric bands
 beyond, nodes no agent is expected to use evicted first). Within a level the order is the
 engine's (`context_forge.cache.policy.rank_key`): a node ranked by a client's declared steps goes
-after the others, most recently used first; the others least recently used first.
+after the others, most recently used first; the others least recently used first; among nodes
+due now, those that waiting requests will use go last, the latest arrival first.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 
-from context_forge.cache.policy import nearest_use, rank_key
+from context_forge.cache.policy import earliest_arrival, nearest_use, rank_key
 from context_forge.sglang.registry import WorkflowRegistry, get_registry
 from context_forge.sglang.tags import agents_of
 
@@ -59,5 +60,7 @@ class WorkflowStrategy(EvictionStrategy):
 
     def get_priority(self, node: Any) -> tuple:
         registry = self._registry()
-        best, declared = nearest_use(agents_of(node), registry.priority, registry.is_declared)
-        return rank_key(best, float(self.evict_pri_level), node.last_access_time, declared)
+        tags = agents_of(node)
+        best, declared = nearest_use(tags, registry.priority, registry.is_declared)
+        arrival = earliest_arrival(tags, registry.live.arrivals.first) if best <= 0 else None
+        return rank_key(best, float(self.evict_pri_level), node.last_access_time, declared, arrival=arrival)

@@ -92,18 +92,27 @@ class BeladyOracle:
         self._end[node.id] = (len(key), node.parent.id, h)
         return h
 
-    def next_use(self, node: RadixNode) -> float:
+    def next_request(self, node: RadixNode) -> int | None:
+        """Index of the earliest request not yet admitted that uses ``node`` (None: none will)."""
         if node.parent is None:
-            return math.inf
+            return None
         h = hash((self._end_hash(node.parent), tuple(node.key[:self.page_size])))
         lst = self._uses.get(h)
         if not lst:
-            return math.inf
+            return None
         i = self._ptr.get(h, 0)
         started = self._started
         while i < len(lst) and started[lst[i][1]]:
             i += 1
         self._ptr[h] = i
-        return lst[i][0] if i < len(lst) else math.inf
+        return lst[i][1] if i < len(lst) else None
+
+    def is_started(self, idx: int) -> bool:
+        """Whether request ``idx`` has been admitted."""
+        return bool(self._started[idx])
+
+    def next_use(self, node: RadixNode) -> float:
+        idx = self.next_request(node)
+        return math.inf if idx is None else self.times[idx]
 
     __call__ = next_use
