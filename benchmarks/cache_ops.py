@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from context_forge.cache import PagePool, PolicyContext, RadixCache, build_policy, policy_class, serving_policies
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.scope import scope_key
 from policy_sweep import machine_info
 

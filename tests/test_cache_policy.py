@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from context_forge.cache import CountingTransfer, PagePool, RadixCache, available_policies, get_policy
 from context_forge.workflow.graph import WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 
 CHAIN = WorkflowGraph.from_dict({"agents": [
     {"agent_id": "planner"}, {"agent_id": "coder", "depends_on": ["planner"]},

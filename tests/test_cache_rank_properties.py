@@ -45,7 +45,7 @@ def path_tokens(node) -> list[int]:
 
 from context_forge.cache import CountingTransfer, PagePool, PolicyContext, RadixCache, RadixNode, build_policy
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.scope import scope_key
 
 AGENTS = ("a0", "a1", "a2", "a3", "a4")

@@ -9,7 +9,7 @@ import pytest
 from context_forge.cache import CountingTransfer, PagePool, RadixCache, get_policy
 from context_forge.prefetch.planner import DueAgent, PlannerConfig, PrefetchPlanner, due_footprint, host_only_pages
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 
 PS = 2
 CHAIN = WorkflowGraph([AgentSpec("planner"), AgentSpec("coder", ("planner",)),

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from context_forge.cache.policy import rank_key
 from context_forge.workflow.arrivals import ArrivalOrder
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.scope import scope_key
 
 

@@ -34,7 +34,7 @@ class PrioritySource(Protocol):
 
 
 class WorkflowSource(Protocol):
-    """What policy construction needs from ``workflow.priority.LiveWorkflows``."""
+    """What policy construction needs from ``workflow.live.LiveWorkflows``."""
 
     def priority(self, name: str) -> PrioritySource: ...
 

@@ -32,7 +32,7 @@ from context_forge.prefetch.meter import TransferMeter
 from context_forge.prefetch.planner import PlannerConfig
 from context_forge.prefetch.service import WorkflowPrefetcher
 from context_forge.workflow.predictor import MarkovPredictor
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 
 from context_forge.kv.buffer import DeviceKVBuffer, HostKVBuffer
 from .kv_manager import KVManager

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 from context_forge.workflow.graph import WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 
 Listener = Callable[[str], None]
 

@@ -1,6 +1,6 @@
 """Which KV to prefetch: agents due soon in each live workflow, and the radix node each one needs.
 
-Pure bookkeeping over :class:`~context_forge.workflow.priority.LiveWorkflows` and the radix tree
+Pure bookkeeping over :class:`~context_forge.workflow.live.LiveWorkflows` and the radix tree
 (no torch, no engine), so the engine and the simulator share it.
 
 Due agents of a workflow, for a look-ahead of ``k`` steps:
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 from context_forge.cache.node import RadixNode
 from context_forge.cache.radix import RadixTree
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.scope import scope_key
 
 

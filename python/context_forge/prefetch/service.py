@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from context_forge.cache.node import RadixNode
 from context_forge.cache.tiered import RadixCache
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 
 from .controller import ControllerConfig, PrefetchController
 from .guard import PrefetchGuard

@@ -18,7 +18,8 @@ from context_forge.sglang.declared import DeclaredSteps
 from context_forge.sglang.metadata import WorkflowMeta
 from context_forge.sglang.settings import PluginSettings
 from context_forge.workflow.predictor import MarkovPredictor
-from context_forge.workflow.priority import AgentPriority, AnyInstancePriority, BlendedPriority, LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
+from context_forge.workflow.priority import AgentPriority, AnyInstancePriority, BlendedPriority
 
 __all__ = ["WorkflowRegistry", "get_registry", "set_registry"]
 

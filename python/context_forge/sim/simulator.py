@@ -1,7 +1,7 @@
 """Closed-loop, trace-driven simulation of one serving GPU with a two-tier workflow-aware KV cache.
 
 The simulated engine uses the real cache core (:class:`context_forge.cache.RadixCache`) and the
-real workflow state (:class:`context_forge.workflow.priority.LiveWorkflows`); only time is
+real workflow state (:class:`context_forge.workflow.live.LiveWorkflows`); only time is
 modelled (:class:`~context_forge.sim.cost_model.CostModel`). Each iteration either admits waiting
 requests and runs their prefill (one step, up to ``chunked_prefill_size`` new tokens), or runs
 decode steps for the running batch until the next event. A request is sent when everything in its
@@ -37,7 +37,7 @@ from context_forge.prefetch.guard import PrefetchGuard
 from context_forge.prefetch.planner import (DEFAULT_MIN_PROB, PlannerConfig, PrefetchPlanner, due_footprint,
                                             host_only_pages)
 from context_forge.workflow.graph import WorkflowGraph
-from context_forge.workflow.priority import LiveWorkflows
+from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.scope import scope_key
 
 from .cost_model import CostModel

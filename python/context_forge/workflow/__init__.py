@@ -12,11 +12,11 @@ from context_forge.workflow.errors import (
 )
 from context_forge.workflow.graph import AgentSpec, WorkflowGraph
 from context_forge.workflow.predictor import MarkovPredictor, PredictorFormatError
+from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.priority import (
     AgentPriority,
     BlendedPriority,
     GraphPriority,
-    LiveWorkflows,
     PredictorPriority,
     ScopedPriority,
 )
