@@ -68,6 +68,29 @@ def test_shared_prefix_is_protected_by_its_most_urgent_user():
     assert cache.match(system + [2, 2], touch=False).device_len == 10
 
 
+def test_anonymous_kv_ranks_at_the_farthest_exact_level():
+    """KV no tagged request used (a warm-up) goes after KV expected by no one and after KV
+    ranked beyond ``evict_pri_level``, before KV a live instance needs sooner; KV whose tags the
+    usage rules removed is not anonymous (it was touched) and goes first."""
+    chain6 = WorkflowGraph.from_dict({"agents": [{"agent_id": f"a{i}", "depends_on": [f"a{i - 1}"] if i else []}
+                                                 for i in range(7)]})
+    cache, live = make(evict_pri_level=4)
+    live.register("wf", chain6)
+    nodes = {"anonymous": put(cache, [90, 91, 92, 93], None),
+             "now": put(cache, [10, 11, 12, 13], "a0"),
+             "far": put(cache, [60, 61, 62, 63], "a6"),
+             "dead": put(cache, [70, 71, 72, 73], "gone")}
+    cache._remove_agent(nodes["dead"], "gone")  # as the usage rules drop a tag
+    assert nodes["dead"].touched and not nodes["dead"].agents and not nodes["anonymous"].touched
+    assert live.graph_priority.priority("a6") == 6 and live.graph_priority.priority("a0") == 0
+    order = []
+    for _ in range(4):
+        before = {k for k, n in nodes.items() if n.device_pages is not None}
+        cache.evict_device(1)
+        order += sorted(k for k in before if nodes[k].device_pages is None)
+    assert order == ["dead", "far", "anonymous", "now"]
+
+
 @settings(max_examples=60, deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from(["put", "start", "finish", "evict", "touch"]),
                               st.integers(0, 7), st.sampled_from(["planner", "coder", "tester", "reviewer"])),

@@ -6,7 +6,8 @@ workflows finishing, and evictions, on a RadixCache with or without a host tier.
 eviction:
 
 (a) the victim is in the lowest rank class among the evictable nodes at that moment (rank class =
-    the first component of the policy key, ``-rank_level(node_priority)``; evictable =
+    the first component of the policy key, ``-rank_level(node_priority)``, or
+    ``-evict_pri_level`` for anonymous KV; evictable =
     ``RadixCache._device_candidate``: on the device, unlocked, not loading, no child on the device);
 (b) a node that a live instance uses in its next step (an agent whose scoped priority is 0 or 1 in
     a live declared instance; the node on the path of that agent's latest prompt in the instance
@@ -373,7 +374,8 @@ def test_truncated_trace_counterexample() -> None:
 
 
 def test_rank_class_is_the_level() -> None:
-    """The rank class used above: ``-rank_level(node_priority)`` (inf: no user expected)."""
+    """The rank class used above: ``-rank_level(node_priority)`` (inf: no user expected), and
+    ``-evict_pri_level`` for anonymous KV (no tagged request used it: `anonymous_key`)."""
     live = LiveWorkflows()
     policy = build_policy("kvflow", PolicyContext(workflows=live, evict_pri_level=4))
     live.register("w", CHAIN)
@@ -381,7 +383,10 @@ def test_rank_class_is_the_level() -> None:
     node.agents = {scope_key("w", "a1")}
     assert policy.key(node)[0] == -1.0
     node.agents = set()
+    node.touched = True  # a tagged request used it, and the usage rules dropped its tags
     assert policy.key(node)[0] == -math.inf
+    node.touched = False  # anonymous KV ranks at the farthest exact level
+    assert policy.key(node)[0] == -4.0
 
 
 def test_recurrence_guess_does_not_tie_a_live_next_step() -> None:

@@ -128,6 +128,19 @@ def test_steps_beyond_evict_pri_level_share_a_band(make, level: int, expected: l
     assert eviction_order(bench, nodes) == expected
 
 
+def test_anonymous_kv_ranks_at_the_farthest_exact_level(make) -> None:
+    """A request without workflow metadata leaves anonymous KV (`anonymous_key`): it outlives KV of
+    an agent no one expects and KV ranked beyond ``evict_pri_level``, not KV due sooner."""
+    bench, driver = make(priority="steps", enable_prefetch=False, load_ahead_step=0, evict_pri_level=2)
+    plan = {"soon": 1, "far": 5}
+    nodes = {"anonymous": driver.run("anonymous", prompt(1)).last_node,
+             "soon": driver.run("soon", prompt(2), meta("soon", plan)).last_node,
+             "far": driver.run("far", prompt(3), meta("far", plan)).last_node,
+             "unexpected": driver.run("unexpected", prompt(4), meta("unexpected", plan)).last_node}
+    assert bench.cache.workflows.priority("unexpected") == float("inf")
+    assert eviction_order(bench, nodes) == ["unexpected", "far", "anonymous", "soon"]
+
+
 def test_shared_prefix_stays_while_a_near_agent_uses_it(make) -> None:
     bench, driver = make(priority="steps", enable_prefetch=False)
     shared = prompt(1)

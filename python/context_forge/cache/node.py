@@ -34,12 +34,13 @@ class RadixNode:
     ``host_pages`` hold one page id per page of the key, or ``None`` when the node has no copy
     in that tier (every non-root node has at least one). ``agents`` are the user tags of the node:
     who is expected to use it next (``cache.usage`` keeps them); a tag sits on a path from the
-    root, so an ancestor's tags contain its descendants' tags.
+    root, so an ancestor's tags contain its descendants' tags. ``touched``: a request carrying a
+    tag has used the node (an untouched one is anonymous, `cache.policy.anonymous_key`).
     """
 
     __slots__ = (
         "id", "key", "parent", "children", "device_pages", "host_pages", "lock_ref",
-        "agents", "seen", "last_access", "hit_count", "loading", "queued",
+        "agents", "seen", "touched", "last_access", "hit_count", "loading", "queued",
     )
 
     def __init__(self, key: list[int], parent: Optional["RadixNode"]) -> None:
@@ -52,6 +53,7 @@ class RadixNode:
         self.lock_ref = 0
         self.agents: set[str] = set()
         self.seen: dict[str, str] = {}
+        self.touched = False
         """Agent -> the last workflow whose request of that agent used this node (``cache.usage``)."""
         self.last_access = 0.0
         self.hit_count = 0

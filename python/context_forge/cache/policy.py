@@ -203,6 +203,18 @@ def nearest_use(tags: Iterable[str], priority: Callable[[str], float],
     return best, is_declared
 
 
+def anonymous_key(near: float, last_access: float, bands: bool = True) -> tuple:
+    """The eviction key of *anonymous* KV: no request carrying a tag has used it (a warm-up, a
+    client that sends no workflow metadata), so nothing says when it is needed. It ranks at the
+    farthest exact level, ``near`` (``evict_pri_level``) steps, least recently used first: KV
+    known to be needed later or not at all goes before it, KV a live instance needs sooner after
+    it. Ranked as dead instead (evicted first), the e2e warm-up's system prompts left the device
+    and the host before their first use, and kvflow / pbkv recomputed 75,636 / 87,572 prompt
+    tokens where lru recomputed 20,180 (H100, ``benchmarks/results/e2e/h100_2026-12-08b``,
+    dynamic-8k-25; the CPU smoke's dynamic-64-25: 185-249 against lru's 57, 57 with this key)."""
+    return rank_key(near, near, last_access, bands=bands)
+
+
 def earliest_arrival(tags: Iterable[str], arrival: Callable[[str], int | None] | None) -> int | None:
     """The earliest arrival number among ``tags``' unfinished requests (`rank_key`'s ``arrival``);
     None when no tag has one or there is no ``arrival`` source."""
@@ -223,7 +235,8 @@ class _AgentAwarePolicy(EvictionPolicy):
     Key: `rank_key` (farthest from use first; the order within a level is explained there), with
     ``declared`` when the most urgent tag is a scoped key of a declared instance (the priority
     source's ``declared``) and, for nodes due now, the earliest arrival among the tags' unfinished
-    requests (the source's ``arrival``).
+    requests (the source's ``arrival``). A node no tagged request has used is anonymous
+    (`anonymous_key`); one whose tags the usage rules removed is expected by no one and goes first.
     """
 
     bands = True
@@ -241,6 +254,8 @@ class _AgentAwarePolicy(EvictionPolicy):
         return nearest_use(node.agents, self.source.priority)[0]
 
     def key(self, node: RadixNode) -> tuple:
+        if not node.agents and not node.touched:
+            return anonymous_key(self.near, node.last_access, self.bands)
         best, declared = nearest_use(node.agents, self.source.priority, self._declared)
         arrival = earliest_arrival(node.agents, self._arrival) if best <= 0 else None
         return rank_key(best, self.near, node.last_access, declared, self.bands, arrival)

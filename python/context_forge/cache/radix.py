@@ -139,6 +139,7 @@ class RadixTree:
         upper.hit_count = node.hit_count
         upper.loading = node.loading
         upper.seen = dict(node.seen)
+        upper.touched = node.touched
         for agent in node.agents:
             self._add_agent(upper, agent)
         node.key = node.key[cut:]

@@ -162,6 +162,8 @@ class UsageIndex:
         first, deepest last)."""
         if tag is None or not path:
             return
+        for node in path:
+            node.touched = True
         tree = self.tree
         workflow, agent = split_scope(tag)
         if workflow is None or not self.rules:

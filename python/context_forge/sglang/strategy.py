@@ -7,7 +7,8 @@ among the agents that used it or a descendant; ranks fall into the engine's leve
 beyond, nodes no agent is expected to use evicted first). Within a level the order is the
 engine's (`context_forge.cache.policy.rank_key`): a node ranked by a client's declared steps goes
 after the others, most recently used first; the others least recently used first; among nodes
-due now, those that waiting requests will use go last, the latest arrival first.
+due now, those that waiting requests will use go last, the latest arrival first. A node no
+tagged request has used ranks as the engine's anonymous KV (`anonymous_key`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 
-from context_forge.cache.policy import earliest_arrival, nearest_use, rank_key
+from context_forge.cache.policy import anonymous_key, earliest_arrival, nearest_use, rank_key
 from context_forge.sglang.registry import WorkflowRegistry, get_registry
 from context_forge.sglang.tags import agents_of
 
@@ -61,6 +62,8 @@ class WorkflowStrategy(EvictionStrategy):
     def get_priority(self, node: Any) -> tuple:
         registry = self._registry()
         tags = agents_of(node)
+        if not tags:
+            return anonymous_key(float(self.evict_pri_level), node.last_access_time)
         best, declared = nearest_use(tags, registry.priority, registry.is_declared)
         arrival = earliest_arrival(tags, registry.live.arrivals.first) if best <= 0 else None
         return rank_key(best, float(self.evict_pri_level), node.last_access_time, declared, arrival=arrival)
