@@ -31,7 +31,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from policy_sweep import PAGE_SIZE, build_trace, machine_info  # noqa: E402
@@ -45,72 +46,63 @@ from context_forge.trace.records import Trace  # noqa: E402
 HORIZONS_S = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
-def lookahead_policy(base: str, horizon_s: float) -> str:
-    """Register (once) and name ``base`` told the future up to ``horizon_s`` seconds ahead."""
-    name = f"{base}+ahead{horizon_s:g}s"
+def _told_policy(name: str, base: str, told: Callable[[Any, RadixNode], float | None]) -> str:
+    """Register (once) ``name``: ``base`` with the nodes for which ``told(policy, node)`` gives a
+    next-use time kept ahead of every other node, farthest next use first among them; the rest
+    ranked by ``base`` as usual. Offline only (it reads the next-use oracle); ``told`` may keep
+    per-replay state in the policy's ``memo``."""
     if name in available_policies():
         return name
     parent = policy_class(base)
 
-    class Lookahead(parent):  # type: ignore[valid-type, misc]
+    class Told(parent):  # type: ignore[valid-type, misc]
         needs_oracle = True
         serving = False
-        horizon: ClassVar[float] = horizon_s
 
         def __init__(self, oracle: Any, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.oracle = oracle
+            self.memo: set[int] = set()
 
         def key(self, node: RadixNode) -> tuple:
-            t = self.oracle(node)
-            if t <= self.oracle.frontier + self.horizon:
-                return (1, -t)
-            return (0, super().key(node))
+            t = told(self, node)
+            return (0, super().key(node)) if t is None else (1, -t)
 
-    Lookahead.__name__ = Lookahead.__qualname__ = f"{parent.__name__}Ahead"
-    register_policy(name)(Lookahead)
+    Told.__name__ = Told.__qualname__ = f"{parent.__name__}Told"
+    register_policy(name)(Told)
     return name
+
+
+def lookahead_policy(base: str, horizon_s: float) -> str:
+    """``base`` told the future up to ``horizon_s`` seconds past the replay's present."""
+    def told(policy: Any, node: RadixNode) -> float | None:
+        t = policy.oracle(node)
+        return t if t <= policy.oracle.frontier + horizon_s else None
+
+    return _told_policy(f"{base}+ahead{horizon_s:g}s", base, told)
+
+
+LIVE_GROUPS: list[list[int]] = []
+"""Per request index of the trace being replayed, the indices of its workflow's requests
+(`live_policy`; set by `bound_cell` before each replay)."""
 
 
 def live_policy(base: str) -> str:
-    """Register (once) and name ``base`` told the exact next uses of *live* workflows only (those
-    with a request admitted already), at any distance: what a perfect model of the running
-    instances, and of nothing else, would know. ``workflow_of`` (request index -> workflow) is set
-    per trace before a replay."""
-    name = f"{base}+live"
-    if name in available_policies():
-        return name
-    parent = policy_class(base)
+    """``base`` told the exact next uses of *live* workflows only (those with a request admitted
+    already), at any distance: what a perfect model of the running instances, and of nothing else,
+    would know."""
+    def told(policy: Any, node: RadixNode) -> float | None:
+        idx = policy.oracle.next_request(node)
+        if idx is None:
+            return None
+        group = LIVE_GROUPS[idx]
+        if group[0] not in policy.memo:
+            if not any(policy.oracle.is_started(j) for j in group):
+                return None
+            policy.memo.add(group[0])
+        return policy.oracle.times[idx]
 
-    class Live(parent):  # type: ignore[valid-type, misc]
-        needs_oracle = True
-        serving = False
-        workflow_of: ClassVar[list[list[int]]] = []
-        """Per request index, the indices of its workflow's requests."""
-
-        def __init__(self, oracle: Any, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.oracle = oracle
-            self._live: set[int] = set()
-
-        def _is_live(self, idx: int) -> bool:
-            group = self.workflow_of[idx]
-            if group[0] in self._live:
-                return True
-            if any(self.oracle.is_started(j) for j in group):
-                self._live.add(group[0])
-                return True
-            return False
-
-        def key(self, node: RadixNode) -> tuple:
-            idx = self.oracle.next_request(node)
-            if idx is not None and self._is_live(idx):
-                return (1, -self.oracle.times[idx])
-            return (0, super().key(node))
-
-    Live.__name__ = Live.__qualname__ = f"{parent.__name__}Live"
-    register_policy(name)(Live)
-    return name
+    return _told_policy(f"{base}+live", base, told)
 
 
 def _groups(trace: Trace) -> list[list[int]]:
@@ -161,9 +153,8 @@ def bound_cell(row: dict[str, Any], cell: dict[str, Any], judged: str) -> dict[s
            "belady": belady, "judged_hits": hits(judged), **time_units(trace), "ahead": {}}
     for h in HORIZONS_S:
         out["ahead"][f"{h:g}"] = hits(lookahead_policy(judged, h))
-    live = live_policy(judged)
-    policy_class(live).workflow_of = _groups(trace)
-    out["live"] = hits(live)
+    LIVE_GROUPS[:] = _groups(trace)
+    out["live"] = hits(live_policy(judged))
     print(f"{row['label']:24s} {cell['fraction']:.0%} done", file=sys.stderr, flush=True)
     return out
 

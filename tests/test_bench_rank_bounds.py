@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from policy_sweep import PAGE_SIZE, build_trace  # noqa: E402
-from rank_bounds import _groups, live_policy, lookahead_policy, render, short_cells, time_units  # noqa: E402
+from rank_bounds import LIVE_GROUPS, _groups, live_policy, lookahead_policy, render, short_cells, time_units  # noqa: E402
 from rank_sweep import device_capacity  # noqa: E402
 
 from context_forge.cache.policy import policy_class  # noqa: E402
@@ -32,9 +32,8 @@ def test_an_unbounded_horizon_is_belady_and_a_short_one_helps() -> None:
 def test_knowing_the_live_workflows_futures_lies_between_online_and_belady() -> None:
     trace = build_trace("rounds", {"agents": 40, "active": 8, "rounds": 8, "seed": 3})
     dev = device_capacity(trace, 0.2)
-    name = live_policy("kvflow")
-    policy_class(name).workflow_of = _groups(trace)
-    live = _hits(trace, name, dev)
+    LIVE_GROUPS[:] = _groups(trace)
+    live = _hits(trace, live_policy("kvflow"), dev)
     assert _hits(trace, "kvflow", dev) <= live <= _hits(trace, "belady", dev)
 
 

@@ -29,11 +29,13 @@ call under the lock that guards the cache.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from context_forge.cache.node import RadixNode
 from context_forge.cache.tiered import RadixCache
+
+from .planner import PrefetchTarget, due_footprint
 
 __all__ = ["DEEP_HEADROOM", "HEADROOM", "PrefetchGuard"]
 
@@ -103,6 +105,17 @@ class PrefetchGuard:
             if agent != agent_id and agent_steps <= steps and key not in active and key not in held:
                 total += self.own_estimate(agent)
         return total
+
+    def pending_pages(self, workflow_id: str | None, agent_id: str | None, steps: float, node: RadixNode,
+                      due: Sequence[PrefetchTarget], active: Collection[tuple[str, str]] = ()) -> int:
+        """`room`'s ``pending_pages`` for a prefetch of ``node`` for ``agent_id``: what the prompts of
+        the workflow's other agents in ``due`` (its `PrefetchPlanner.due_targets`) due within
+        ``steps`` steps will take (`due_footprint`); agents in ``active`` and protected ones left
+        out, as in `ahead_pages`."""
+        held = {(h.workflow_id, h.agent_id) for h in self._held.values()}
+        others = [d.node for d in due if d.agent_id != agent_id and d.steps <= steps
+                  and (workflow_id, d.agent_id) not in active and (workflow_id, d.agent_id) not in held]
+        return due_footprint(node, others, self.tree.page_size) if others else 0
 
     def room(self, pages: int, busy_pages: int = 0, steps: float = 0.0, prob: float = 1.0,
              agent_id: str | None = None, workflow_id: str | None = None,

@@ -31,7 +31,7 @@ from context_forge.cache.tiered import LoadPlan
 
 from .guard import PrefetchGuard
 from .ledger import PrefetchStats
-from .planner import PrefetchTarget, due_footprint
+from .planner import PrefetchTarget
 from .tasks import LoadTask
 
 
@@ -75,16 +75,14 @@ class Protection:
     def allows(self, task: LoadTask, pages: int, due: Sequence[PrefetchTarget] = ()) -> bool:
         """*Engine lock.* Whether prefetch ``task`` of ``pages`` host-only pages may reserve now;
         ``due``: its workflow's due agents with their target nodes (the controller's `due_of`):
-        what the prompts of those due no later will take (`due_footprint`; not those running,
-        queued or protected) must fit in the pool beside it."""
+        what the prompts of those due no later will take (`PrefetchGuard.pending_pages`) must fit
+        in the pool beside it."""
         if not self.on:
             return True
         backlog = self.backlog
         busy, active = (backlog.busy_pages(), backlog.active_agents()) if backlog is not None else (0, set())
         wf, guard = task.workflow_id, self.guard
-        others = [d.node for d in due if d.agent_id != task.agent_id and d.steps <= task.steps
-                  and (wf, d.agent_id) not in active and not guard.holds(d.workflow_id, d.agent_id)]
-        pending = due_footprint(task.node, others, guard.tree.page_size) if others else 0
+        pending = guard.pending_pages(wf, task.agent_id, task.steps, task.node, due, active)
         return guard.room(pages, busy, task.steps, task.prob, task.agent_id, wf, active, pending)
 
     def reserved(self, task: LoadTask, plan: LoadPlan) -> None:

@@ -34,8 +34,7 @@ from context_forge.cache import (
 )
 from context_forge.trace.records import Trace
 from context_forge.prefetch.guard import PrefetchGuard
-from context_forge.prefetch.planner import (DEFAULT_MIN_PROB, PlannerConfig, PrefetchPlanner, due_footprint,
-                                            host_only_pages)
+from context_forge.prefetch.planner import DEFAULT_MIN_PROB, PlannerConfig, PrefetchPlanner, host_only_pages
 from context_forge.workflow.graph import WorkflowGraph
 from context_forge.workflow.live import LiveWorkflows
 from context_forge.workflow.scope import scope_key
@@ -375,9 +374,9 @@ class Simulator:
         prefetch stays protected until its request is admitted or its agent is no longer due
         (``PrefetchGuard``); one that would not fit beside the pages running and queued requests
         need (``busy``: they are admitted first), beside what the prompts of the workflow's other
-        agents due no later will take (``due_footprint``; not those running, queued or protected),
-        or the guard's budget is not issued."""
-        cache, guard, ps = self.cache, self.guard, self.cfg.page_size
+        agents due no later will take (``PrefetchGuard.pending_pages``; not those running, queued or
+        protected), or the guard's budget is not issued."""
+        cache, guard = self.cache, self.guard
         guard.replanned(wf, {d.agent_id: d.steps for d in self.planner.due_agents(wf)})
         busy = None
         active: set[tuple[str, str]] = set()
@@ -389,9 +388,7 @@ class Simulator:
                             + sum(self._pages_needed(i) for i in self.waiting))
                     reqs = [self.reqs[r.idx] for r in self.running] + [self.reqs[i] for i in self.waiting]
                     active = {(r.workflow_id, r.agent_id) for r in reqs}
-                others = [d.node for d in due if d.agent_id != target.agent_id and d.steps <= target.steps
-                          and (wf, d.agent_id) not in active and not guard.holds(wf, d.agent_id)]
-                pending = due_footprint(target.node, others, ps)
+                pending = guard.pending_pages(wf, target.agent_id, target.steps, target.node, due, active)
                 if not guard.room(host_only_pages(target.node), busy, target.steps, target.prob, target.agent_id,
                                   wf, active, pending):
                     continue
